@@ -1,0 +1,48 @@
+# Every target installs what it needs into .venv first; a fresh machine needs only Python 3.11+.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+IMAGE ?= texflow-websocket
+USER ?= alice
+PROJECT ?= demo
+
+.PHONY: install run token test unit lint format docker-build clean
+
+$(STAMP): pyproject.toml config/constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c config/constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+## run: serve in development: in-memory broadcaster, generated secret, printed sample URL
+run: $(STAMP)
+	$(BIN)/python -m app
+
+## token: mint a development token, e.g. make token USER=bob PROJECT=demo
+token: $(STAMP)
+	@$(BIN)/python -m app token --user "$(USER)" --project "$(PROJECT)"
+
+## test: lint, then the whole suite (integration tests start their own servers)
+test: lint
+	$(BIN)/python -m pytest
+
+## lint: ruff and mypy --strict
+lint: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/ruff format --check app tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix app tests
+	$(BIN)/ruff format app tests
+
+docker-build:
+	docker build -t $(IMAGE) .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""texflow-websocket: the real-time collaboration gateway of TexFlow."""

@@ -1,0 +1,8 @@
+"""Carries room events between instances and keeps cluster presence: one interface, two backends."""
+
+from __future__ import annotations
+
+from app.broadcaster.base import Broadcaster, Listener, Member, RoomEvent
+from app.broadcaster.memory import MemoryBroadcaster, MemoryBus
+
+__all__ = ["Broadcaster", "Listener", "Member", "MemoryBroadcaster", "MemoryBus", "RoomEvent"]

@@ -1,0 +1,70 @@
+"""The broadcaster interface every backend implements, and the values that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """An encoded server message for every connection of a project except `exclude`."""
+
+    project_id: str
+    message_type: str
+    data: bytes
+    sender: str
+    exclude: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One connection, as cluster presence knows it."""
+
+    client_id: str
+    user_id: str
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcasterStatus:
+    connected: bool
+    detail: str
+
+
+class Listener(Protocol):
+    """Receives what other instances published, for local fan-out."""
+
+    def on_remote_event(self, event: RoomEvent) -> None: ...
+
+    def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:
+        """A member was removed by someone else (its instance died); announce it if needed."""
+
+
+class Broadcaster(Protocol):
+    """Pub/Sub between instances plus presence, scoped to the projects with local members.
+
+    `publish` never blocks the caller: events from one instance reach the others in the order
+    they were published. Presence calls return whether the user's first (or last) connection
+    anywhere in the cluster was added (or removed), so `user_joined`/`user_left` fire once.
+    """
+
+    instance_id: str
+
+    async def start(self, listener: Listener) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def subscribe(self, project_id: str) -> None: ...
+
+    async def unsubscribe(self, project_id: str) -> None: ...
+
+    def publish(self, event: RoomEvent) -> None: ...
+
+    async def add_member(self, project_id: str, member: Member) -> bool: ...
+
+    async def remove_member(self, project_id: str, member: Member) -> bool: ...
+
+    async def members(self, project_id: str) -> list[Member]: ...
+
+    def status(self) -> BroadcasterStatus: ...

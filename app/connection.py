@@ -1,0 +1,149 @@
+"""One live WebSocket in a room: who it is, and a bounded backlog for when its peer reads slowly.
+
+Overflow policy: while the socket buffer is full, ephemeral messages (cursor, selection,
+typing, awareness) are coalesced so only each sender's latest one waits; durable ones wait in
+order; past the count or byte limit the connection is closed with 1013 so the client
+reconnects and resyncs. Nothing durable is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.messages import EPHEMERAL_TYPES
+from app.transport import CLOSE_TRY_AGAIN_LATER, FrameTransport
+
+
+class BacklogObserver(Protocol):
+    """Told about every backlog decision, for metrics."""
+
+    def coalesced(self, message_type: str) -> None: ...
+    def dropped(self, message_type: str) -> None: ...
+    def slow_consumer_closed(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogLimits:
+    messages: int
+    bytes: int
+
+
+class _Entry:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None) -> None:
+        # None marks an entry superseded by a later one from the same sender.
+        self.data = data
+
+
+class Connection:
+    """A member of a room; `deliver` never blocks and never raises."""
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_latest",
+        "_limits",
+        "_live",
+        "_observer",
+        "_transport",
+        "client_id",
+        "connected_at",
+        "ip",
+        "project_id",
+        "user_id",
+        "username",
+    )
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        user_id: str,
+        username: str,
+        project_id: str,
+        ip: str,
+        transport: FrameTransport,
+        limits: BacklogLimits,
+        observer: BacklogObserver,
+    ) -> None:
+        self.client_id = client_id
+        self.user_id = user_id
+        self.username = username
+        self.project_id = project_id
+        self.ip = ip
+        self.connected_at = time.monotonic()
+        self._transport = transport
+        self._limits = limits
+        self._observer = observer
+        self._backlog: deque[_Entry] = deque()
+        self._latest: dict[tuple[str, str], _Entry] = {}
+        self._live = 0
+        self._backlog_bytes = 0
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for the socket buffer to drain."""
+        return self._live
+
+    def deliver(self, data: bytes, message_type: str, sender: str) -> None:
+        """Send `data` now if the socket takes it, else queue it under the overflow policy."""
+        transport = self._transport
+        if transport.closed:
+            return
+        if not self._backlog and transport.can_write:
+            transport.send_text(data)
+            return
+        if not self._backlog:
+            transport.on_drain(self.flush)
+        ephemeral = message_type in EPHEMERAL_TYPES
+        if ephemeral:
+            key = (message_type, sender)
+            previous = self._latest.get(key)
+            if previous is not None and previous.data is not None:
+                # Keep per-sender order: the newest goes to the back, the old one is skipped.
+                self._backlog_bytes -= len(previous.data)
+                previous.data = None
+                self._live -= 1
+                self._observer.coalesced(message_type)
+        if self._live >= self._limits.messages or (
+            self._backlog_bytes + len(data) > self._limits.bytes
+        ):
+            if ephemeral:
+                self._observer.dropped(message_type)
+                return
+            self._observer.slow_consumer_closed()
+            self.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
+            return
+        entry = _Entry(data)
+        self._backlog.append(entry)
+        self._live += 1
+        self._backlog_bytes += len(data)
+        if ephemeral:
+            self._latest[(message_type, sender)] = entry
+
+    def flush(self) -> None:
+        """Write queued messages while the socket takes them (called when its buffer drains)."""
+        transport = self._transport
+        backlog = self._backlog
+        while backlog and transport.can_write and not transport.closed:
+            data = backlog.popleft().data
+            if data is None:
+                continue
+            self._live -= 1
+            self._backlog_bytes -= len(data)
+            transport.send_text(data)
+        if not backlog:
+            self._latest.clear()
+            transport.on_drain(None)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the WebSocket; the session's receive loop then sees the disconnect."""
+        self._backlog.clear()
+        self._latest.clear()
+        self._live = 0
+        self._backlog_bytes = 0
+        self._transport.close_with(code, reason)

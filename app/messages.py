@@ -1,0 +1,335 @@
+"""The wire protocol: every message type as a pydantic model, client ones in one tagged union.
+
+Incoming text is validated here once; nothing past this module sees unvalidated input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import to_json
+
+# Cursor, selection, typing and awareness only matter in their latest state: a backed-up
+# connection may coalesce them. The rest change the document and must arrive.
+EPHEMERAL_TYPES = frozenset({"cursor_update", "selection", "user_typing", "yjs_awareness"})
+DURABLE_TYPES = frozenset(
+    {
+        "document_update",
+        "yjs_update",
+        "compilation_started",
+        "compilation_completed",
+        "compilation_failed",
+    }
+)
+RELAYED_TYPES = EPHEMERAL_TYPES | DURABLE_TYPES
+SERVER_ONLY_TYPES = frozenset({"user_joined", "user_left", "presence_state", "pong", "error"})
+MAX_ERROR_DETAILS = 10
+
+DocumentId = Annotated[str, Field(min_length=1, max_length=256)]
+Count = Annotated[int, Field(ge=0, strict=True)]
+
+
+def _to_bytes(value: Any) -> bytes:
+    """Accept base64 text, an array of 0-255, or a browser's JSON-stringified Uint8Array."""
+    if isinstance(value, str):
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("expected base64 text") from None
+    elif isinstance(value, list):
+        decoded = _octets(value)
+    elif isinstance(value, dict):
+        # JSON.stringify(new Uint8Array([5, 6])) gives {"0": 5, "1": 6}.
+        if set(value) != {str(index) for index in range(len(value))}:
+            raise ValueError("expected an object with keys '0' to 'n-1', as from a Uint8Array")
+        decoded = _octets([value[str(index)] for index in range(len(value))])
+    else:
+        raise ValueError("expected base64 text, an array of bytes, or a Uint8Array object")
+    if not decoded:
+        raise ValueError("expected at least one byte")
+    return decoded
+
+
+def _octets(values: list[Any]) -> bytes:
+    if not all(type(v) is int and 0 <= v <= 255 for v in values):
+        raise ValueError("expected every byte to be an integer from 0 to 255")
+    return bytes(values)
+
+
+def _to_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+YjsBytes = Annotated[
+    bytes,
+    BeforeValidator(_to_bytes),
+    PlainSerializer(_to_base64, return_type=str),
+    WithJsonSchema(
+        {
+            "description": (
+                "Binary data: base64 text, an array of integers 0-255, or the object "
+                "JSON.stringify(Uint8Array) gives. Relayed as base64 text."
+            ),
+            "oneOf": [
+                {"type": "string", "contentEncoding": "base64"},
+                {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
+                {"type": "object", "additionalProperties": {"type": "integer"}},
+            ],
+        }
+    ),
+]
+
+
+class _Payload(BaseModel):
+    # Unknown keys in a typed payload are dropped: what is relayed is what was validated.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def relay(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class OpenPayload(BaseModel):
+    """A free-form JSON object, relayed exactly as sent."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    document_id: DocumentId | None = None
+
+    def relay(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class Position(_Payload):
+    line: Count
+    column: Count
+
+
+class CursorPayload(_Payload):
+    line: Count
+    column: Count
+    document_id: DocumentId | None = None
+
+
+class SelectionPayload(_Payload):
+    start: Position
+    end: Position
+    document_id: DocumentId | None = None
+
+
+class TypingPayload(_Payload):
+    is_typing: Annotated[bool, Field(strict=True)] = True
+    document_id: DocumentId | None = None
+
+
+class YjsUpdatePayload(_Payload):
+    update: YjsBytes
+    origin: Annotated[str, Field(max_length=256)] | None = None
+    document_id: DocumentId | None = None
+
+
+class YjsAwarenessPayload(_Payload):
+    update: YjsBytes
+    document_id: DocumentId | None = None
+
+
+class _ClientMessage(BaseModel):
+    # Top-level keys other than type and payload (user_id, timestamp...) are ignored: identity
+    # always comes from the token.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CursorUpdate(_ClientMessage):
+    type: Literal["cursor_update"]
+    payload: CursorPayload
+
+
+class Selection(_ClientMessage):
+    type: Literal["selection"]
+    payload: SelectionPayload
+
+
+class UserTyping(_ClientMessage):
+    type: Literal["user_typing"]
+    payload: TypingPayload = TypingPayload()
+
+
+class DocumentUpdate(_ClientMessage):
+    type: Literal["document_update"]
+    payload: OpenPayload = OpenPayload()
+
+
+class YjsUpdate(_ClientMessage):
+    type: Literal["yjs_update"]
+    payload: YjsUpdatePayload
+
+
+class YjsAwareness(_ClientMessage):
+    type: Literal["yjs_awareness"]
+    payload: YjsAwarenessPayload
+
+
+class CompilationStarted(_ClientMessage):
+    type: Literal["compilation_started"]
+    payload: OpenPayload = OpenPayload()
+
+
+class CompilationCompleted(_ClientMessage):
+    type: Literal["compilation_completed"]
+    payload: OpenPayload = OpenPayload()
+
+
+class CompilationFailed(_ClientMessage):
+    type: Literal["compilation_failed"]
+    payload: OpenPayload = OpenPayload()
+
+
+class Ping(_ClientMessage):
+    type: Literal["ping"]
+    payload: OpenPayload = OpenPayload()
+
+
+ClientMessage = Annotated[
+    CursorUpdate
+    | Selection
+    | UserTyping
+    | DocumentUpdate
+    | YjsUpdate
+    | YjsAwareness
+    | CompilationStarted
+    | CompilationCompleted
+    | CompilationFailed
+    | Ping,
+    Field(discriminator="type"),
+]
+CLIENT_MESSAGE = TypeAdapter[ClientMessage](ClientMessage)
+
+
+# Server-originated payloads. The hot path builds these as dicts; the models document them.
+
+
+class PresenceUser(BaseModel):
+    user_id: str
+    username: str
+    connections: int
+
+
+class PresenceStatePayload(BaseModel):
+    users: list[PresenceUser]
+
+
+class UserPresencePayload(BaseModel):
+    user_id: str
+    username: str
+
+
+class ErrorDetail(BaseModel):
+    loc: str
+    msg: str
+
+
+class ErrorPayload(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class Envelope(BaseModel):
+    """The shape of every message the server sends."""
+
+    type: str
+    payload: dict[str, Any]
+    timestamp: str = Field(description="RFC 3339, UTC, ending in Z")
+    user_id: str = Field(description="The sender's user id, from its token")
+    username: str = Field(description="The sender's display name, from its token")
+    client_id: str = Field(description="Server-assigned id of the sending connection")
+
+
+class MessageError(Exception):
+    """A client message was refused; becomes an `error` message to its sender only."""
+
+    def __init__(
+        self, code: str, message: str, details: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Validate one incoming text frame, raising MessageError with a client-safe explanation."""
+    try:
+        return CLIENT_MESSAGE.validate_json(text)
+    except ValidationError as exc:
+        raise _explain(exc) from None
+
+
+def _explain(exc: ValidationError) -> MessageError:
+    # Pydantic's messages are kept, its `input` and `ctx` never: nothing the client sent is
+    # echoed back.
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0]
+    kind = first["type"]
+    if kind == "json_invalid":
+        return MessageError("invalid_json", "message is not valid JSON")
+    if kind in {"model_attributes_type", "model_type", "dict_type"} and not first["loc"]:
+        return MessageError("invalid_message", "expected a JSON object with type and payload")
+    if kind == "union_tag_not_found":
+        return MessageError("invalid_message", "expected a 'type' field naming the message type")
+    if kind == "union_tag_invalid":
+        tag = exc.errors(include_url=False)[0].get("ctx", {}).get("tag")
+        if tag in SERVER_ONLY_TYPES:
+            return MessageError("server_only_type", "this message type is sent by the server only")
+        return MessageError("unknown_type", "unknown message type")
+    details = [
+        {"loc": ".".join(str(part) for part in error["loc"][1:]), "msg": error["msg"]}
+        for error in errors[:MAX_ERROR_DETAILS]
+    ]
+    return MessageError("invalid_message", "message failed validation", details)
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """RFC 3339 in UTC with millisecond precision and a `Z`."""
+    moment = now or datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def encode_envelope(
+    message_type: str,
+    payload: Mapping[str, Any],
+    *,
+    user_id: str,
+    username: str,
+    client_id: str,
+) -> bytes:
+    """Serialize an outgoing message to UTF-8 JSON: once per broadcast, never per recipient."""
+    return to_json(
+        {
+            "type": message_type,
+            "payload": payload,
+            "timestamp": utc_timestamp(),
+            "user_id": user_id,
+            "username": username,
+            "client_id": client_id,
+        }
+    )

@@ -1,0 +1,213 @@
+"""Rooms on this instance: membership, presence announcements and local fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app.broadcaster.base import Broadcaster, Member, RoomEvent
+from app.connection import Connection
+from app.messages import encode_envelope
+from app.metrics import Metrics
+
+logger = logging.getLogger("texflow.registry")
+
+CLOSE_SERVICE_RESTART = 1012
+
+
+class Room:
+    """The connections of one project on this instance."""
+
+    __slots__ = (
+        "connections",
+        "created_at",
+        "joining",
+        "last_activity",
+        "project_id",
+        "subscribed",
+    )
+
+    def __init__(self, project_id: str) -> None:
+        self.project_id = project_id
+        self.connections: dict[str, Connection] = {}
+        self.created_at = time.time()
+        self.last_activity = self.created_at
+        # Joins in progress: a room is not removed while someone is on the way in.
+        self.joining = 0
+        # Set once this instance receives the project's events from other instances.
+        self.subscribed = asyncio.Event()
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSnapshot:
+    room_id: str
+    client_count: int
+    created_at: datetime
+    last_activity: datetime
+
+
+def _member(connection: Connection) -> Member:
+    return Member(connection.client_id, connection.user_id, connection.username)
+
+
+class RoomRegistry:
+    """Owns the rooms of this instance and is the broadcaster's listener."""
+
+    def __init__(self, broadcaster: Broadcaster, metrics: Metrics) -> None:
+        self._broadcaster = broadcaster
+        self._metrics = metrics
+        self._rooms: dict[str, Room] = {}
+        self.accepting = False
+
+    async def start(self) -> None:
+        await self._broadcaster.start(self)
+        self.accepting = True
+
+    async def stop(self) -> None:
+        self.accepting = False
+        for room in list(self._rooms.values()):
+            for connection in list(room.connections.values()):
+                connection.close(CLOSE_SERVICE_RESTART, "service restart")
+        await self._broadcaster.stop()
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(room.connections) for room in self._rooms.values())
+
+    def snapshot(self) -> list[RoomSnapshot]:
+        return [
+            RoomSnapshot(
+                room_id=room.project_id,
+                client_count=len(room.connections),
+                created_at=datetime.fromtimestamp(room.created_at, UTC),
+                last_activity=datetime.fromtimestamp(room.last_activity, UTC),
+            )
+            for room in self._rooms.values()
+        ]
+
+    async def join(self, connection: Connection) -> None:
+        """Add `connection` to its project's room; it gets `presence_state` before anything else."""
+        project_id = connection.project_id
+        room = self._rooms.get(project_id)
+        created = room is None
+        if room is None:
+            room = Room(project_id)
+            self._rooms[project_id] = room
+            self._metrics.total_rooms.set(len(self._rooms))
+        room.joining += 1
+        try:
+            if created:
+                try:
+                    await self._broadcaster.subscribe(project_id)
+                finally:
+                    room.subscribed.set()
+            else:
+                await room.subscribed.wait()
+            first = await self._broadcaster.add_member(project_id, _member(connection))
+            members = await self._broadcaster.members(project_id)
+        finally:
+            room.joining -= 1
+        # No await from here on: presence_state is queued before any relay can reach the room.
+        self.send(connection, "presence_state", {"users": _users(members)})
+        room.connections[connection.client_id] = connection
+        room.last_activity = time.time()
+        if first:
+            self._announce(connection, "user_joined")
+
+    async def leave(self, connection: Connection) -> None:
+        """Remove `connection`; announce `user_left` if it was the user's last one anywhere."""
+        project_id = connection.project_id
+        room = self._rooms.get(project_id)
+        if room is None or room.connections.pop(connection.client_id, None) is None:
+            return
+        room.last_activity = time.time()
+        last = await self._broadcaster.remove_member(project_id, _member(connection))
+        if last:
+            self._announce(connection, "user_left")
+        if not room.connections and not room.joining and self._rooms.get(project_id) is room:
+            del self._rooms[project_id]
+            self._metrics.total_rooms.set(len(self._rooms))
+            await self._broadcaster.unsubscribe(project_id)
+
+    def relay(self, sender: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
+        """Send a client's message to every other connection of its project, on every instance."""
+        data = encode_envelope(
+            message_type,
+            payload,
+            user_id=sender.user_id,
+            username=sender.username,
+            client_id=sender.client_id,
+        )
+        event = RoomEvent(
+            sender.project_id, message_type, data, sender=sender.client_id, exclude=sender.client_id
+        )
+        self._fan_out(event)
+        self._broadcaster.publish(event)
+
+    def send(self, connection: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
+        """Send a server message to one connection, stamped with that connection's identity."""
+        data = encode_envelope(
+            message_type,
+            payload,
+            user_id=connection.user_id,
+            username=connection.username,
+            client_id=connection.client_id,
+        )
+        connection.deliver(data, message_type, "server")
+        self._metrics.sent(message_type)
+
+    def _announce(self, connection: Connection, message_type: str) -> None:
+        payload = {"user_id": connection.user_id, "username": connection.username}
+        self.relay(connection, message_type, payload)
+
+    def _fan_out(self, event: RoomEvent) -> None:
+        room = self._rooms.get(event.project_id)
+        if room is None:
+            return
+        room.last_activity = time.time()
+        delivered = 0
+        exclude = event.exclude
+        for client_id, connection in room.connections.items():
+            if client_id != exclude:
+                connection.deliver(event.data, event.message_type, event.sender)
+                delivered += 1
+        self._metrics.sent(event.message_type, delivered)
+
+    # Listener
+
+    def on_remote_event(self, event: RoomEvent) -> None:
+        self._fan_out(event)
+
+    def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:
+        if not user_gone:
+            return
+        data = encode_envelope(
+            "user_left",
+            {"user_id": member.user_id, "username": member.username},
+            user_id=member.user_id,
+            username=member.username,
+            client_id=member.client_id,
+        )
+        event = RoomEvent(project_id, "user_left", data, sender=member.client_id)
+        self._fan_out(event)
+        self._broadcaster.publish(event)
+
+
+def _users(members: list[Member]) -> list[dict[str, Any]]:
+    users: dict[str, dict[str, Any]] = {}
+    for member in members:
+        user = users.get(member.user_id)
+        if user is None:
+            users[member.user_id] = {
+                "user_id": member.user_id,
+                "username": member.username,
+                "connections": 1,
+            }
+        else:
+            user["connections"] += 1
+    return list(users.values())

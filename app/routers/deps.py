@@ -1,0 +1,51 @@
+"""FastAPI dependencies that hand routes their services from the app's own container.
+
+The container hangs off `app.state` rather than being wired into module globals, so two apps
+in one process (tests, or a cluster simulated in one process) never share services.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from app.auth import AuthService
+from app.broadcaster.base import Broadcaster
+from app.container import Container
+from app.gatekeeper import Gatekeeper
+from app.registry import RoomRegistry
+from app.session import SessionHandler
+
+
+def container_of(connection: HTTPConnection) -> Container:
+    container: Container = connection.app.state.container
+    return container
+
+
+def _auth(connection: HTTPConnection) -> AuthService:
+    return container_of(connection).auth()
+
+
+def _registry(connection: HTTPConnection) -> RoomRegistry:
+    return container_of(connection).registry()
+
+
+def _broadcaster(connection: HTTPConnection) -> Broadcaster:
+    return container_of(connection).broadcaster()
+
+
+def _gatekeeper(connection: HTTPConnection) -> Gatekeeper:
+    return container_of(connection).gatekeeper()
+
+
+def _sessions(connection: HTTPConnection) -> SessionHandler:
+    return container_of(connection).sessions()
+
+
+AuthDep = Annotated[AuthService, Depends(_auth)]
+RegistryDep = Annotated[RoomRegistry, Depends(_registry)]
+BroadcasterDep = Annotated[Broadcaster, Depends(_broadcaster)]
+GatekeeperDep = Annotated[Gatekeeper, Depends(_gatekeeper)]
+SessionsDep = Annotated[SessionHandler, Depends(_sessions)]

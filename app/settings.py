@@ -1,0 +1,201 @@
+"""Service settings, read once from the environment and validated before anything starts.
+
+Only `create_app`, the container and the command line read these; services get plain values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Environment = Literal["development", "production"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+MIN_PRODUCTION_SECRET_BYTES = 32
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Parse a Go-style duration (`54s`, `1m30s`, `500ms`) into seconds."""
+    text = raw.strip()
+    if text == "0":
+        return 0.0
+    position = 0
+    seconds = 0.0
+    while position < len(text):
+        match = _DURATION_PART.match(text, position)
+        if match is None:
+            raise SettingsError(
+                f"{name}: expected a duration such as 54s, 1m30s or 500ms, got {raw!r}"
+            )
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not text:
+        raise SettingsError(f"{name}: expected a duration such as 54s, 1m30s or 500ms, got ''")
+    return seconds
+
+
+def _positive_duration(env: Mapping[str, str], name: str, default: str) -> float:
+    value = parse_duration(name, env.get(name) or default)
+    if value <= 0:
+        raise SettingsError(f"{name}: expected a duration greater than zero, got {env.get(name)!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: expected a number of at least {minimum}, got {value}")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {env.get(name)!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {env.get(name)!r}")
+    return raw
+
+
+def _origins(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None or raw.strip() == "":
+        return None
+    return tuple(part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be configured with; defaults match the Go service."""
+
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = 8082
+    redis_addr: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key_path: Path | None = None
+    jwt_public_key: str | None = field(default=None, repr=False)
+    jwt_leeway: float = 10.0
+    ws_ping_interval: float = 54.0
+    ws_pong_wait: float = 60.0
+    ws_write_wait: float = 10.0
+    ws_compression: bool = False
+    send_queue_limit: int = 256
+    send_queue_bytes: int = 4 * 1024 * 1024
+    max_message_size: int = 524_288
+    max_connections_per_ip: int = 100
+    # None means the environment's default: any origin in development, same-origin in production.
+    allowed_origins: tuple[str, ...] | None = None
+    log_level: LogLevel = "info"
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def effective_origins(self) -> tuple[str, ...]:
+        """Allowed origins after defaults: `()` means same-origin only, `("*",)` means any."""
+        if self.allowed_origins is not None:
+            return self.allowed_origins
+        return () if self.is_production else ("*",)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables, raising SettingsError on a bad value."""
+        environment = _choice(env, "ENVIRONMENT", "development", ("development", "production"))
+        production = environment == "production"
+        key_path_raw = (env.get("JWT_PUBLIC_KEY_PATH") or "").strip()
+        key_path = Path(key_path_raw) if key_path_raw else None
+        public_key = None
+        if key_path is not None:
+            try:
+                public_key = key_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    f"JWT_PUBLIC_KEY_PATH: cannot read {key_path_raw!r}: {exc.strerror}"
+                ) from None
+            if "-----BEGIN" not in public_key:
+                raise SettingsError(
+                    f"JWT_PUBLIC_KEY_PATH: expected a PEM public key in {key_path_raw!r}"
+                )
+        settings = cls(
+            environment="production" if production else "development",
+            host=(env.get("HOST") or "").strip() or ("0.0.0.0" if production else "127.0.0.1"),
+            port=_integer(env, "WEBSOCKET_SERVICE_PORT", 8082, 0),
+            redis_addr=(env.get("REDIS_ADDR") or "").strip() or None,
+            redis_password=env.get("REDIS_PASSWORD") or None,
+            jwt_secret=env.get("JWT_SECRET") or None,
+            jwt_public_key_path=key_path,
+            jwt_public_key=public_key,
+            jwt_leeway=parse_duration("JWT_LEEWAY", env.get("JWT_LEEWAY") or "10s"),
+            ws_ping_interval=_positive_duration(env, "WS_PING_INTERVAL", "54s"),
+            ws_pong_wait=_positive_duration(env, "WS_PONG_WAIT", "60s"),
+            ws_write_wait=_positive_duration(env, "WS_WRITE_WAIT", "10s"),
+            ws_compression=_boolean(env, "WS_COMPRESSION", False),
+            send_queue_limit=_integer(env, "WS_SEND_QUEUE_LIMIT", 256, 1),
+            send_queue_bytes=_integer(env, "WS_SEND_QUEUE_BYTES", 4 * 1024 * 1024, 1024),
+            max_message_size=_integer(env, "MAX_MESSAGE_SIZE", 524_288, 1024),
+            max_connections_per_ip=_integer(env, "MAX_CONNECTIONS_PER_IP", 100, 1),
+            allowed_origins=_origins(env.get("ALLOWED_ORIGINS")),
+            log_level=_choice(  # type: ignore[arg-type]
+                env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            ),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse configurations that must never run; SettingsError names the variable."""
+        if self.port > 65535:
+            raise SettingsError(f"WEBSOCKET_SERVICE_PORT: expected at most 65535, got {self.port}")
+        if self.send_queue_bytes < self.max_message_size:
+            raise SettingsError(
+                "WS_SEND_QUEUE_BYTES: expected at least MAX_MESSAGE_SIZE "
+                f"({self.max_message_size}), got {self.send_queue_bytes}"
+            )
+        if self.is_production:
+            if self.jwt_secret is None and self.jwt_public_key is None:
+                raise SettingsError(
+                    "JWT_SECRET or JWT_PUBLIC_KEY_PATH: production needs a key to verify tokens"
+                )
+            if (
+                self.jwt_secret is not None
+                and len(self.jwt_secret.encode()) < MIN_PRODUCTION_SECRET_BYTES
+            ):
+                raise SettingsError(
+                    f"JWT_SECRET: production needs at least {MIN_PRODUCTION_SECRET_BYTES} bytes, "
+                    f"got {len(self.jwt_secret.encode())}"
+                )

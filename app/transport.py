@@ -1,0 +1,144 @@
+"""uvicorn's sans-I/O WebSocket protocol, extended with sends that never wait.
+
+The ASGI `send` awaits per message and cannot abort a peer that stopped reading, so the
+protocol hands connections a `FrameTransport` (under the scope extension
+`texflow.transport`): frames are written at once, a full buffer is reported instead of awaited,
+and a peer that does not drain its buffer within the write deadline is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, MutableMapping
+from typing import Any, ClassVar, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+
+EXTENSION = "texflow.transport"
+
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class FrameTransport(Protocol):
+    """What a connection writes its outgoing text frames to."""
+
+    @property
+    def can_write(self) -> bool:
+        """True while the socket buffer is below its high-water mark."""
+
+    @property
+    def closed(self) -> bool:
+        """True once a close frame was sent or the peer is gone; sends are then dropped."""
+
+    def send_text(self, data: bytes) -> None:
+        """Frame UTF-8 `data` and hand it to the socket now."""
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Start the closing handshake now, whatever is buffered."""
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` each time the buffer drains below its low-water mark."""
+
+
+class GatewayProtocol(WebSocketsSansIOProtocol):
+    """The WebSocket protocol the service runs on; see `app.server` for how it is configured."""
+
+    # Set per server by `app.server.protocol_class`, since uvicorn builds protocols itself.
+    write_wait: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._drain_callback: Callable[[], None] | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
+
+    async def run_asgi(self) -> None:
+        self.scope["extensions"][EXTENSION] = {"transport": self}
+        await super().run_asgi()
+
+    # FrameTransport
+
+    @property
+    def can_write(self) -> bool:
+        return self.writable.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self.close_sent or self.disconnected or self.transport.is_closing()
+
+    def send_text(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.conn.send_text(data)
+        except InvalidState:
+            # The peer's close frame arrived first; its disconnect is already queued.
+            return
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        try:
+            self.conn.send_close(code, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        except InvalidState:
+            pass
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        # abort(), not close(): close() waits for the buffer to drain, which a peer that stopped
+        # reading never lets happen.
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self._drain_callback = callback
+
+    # asyncio flow control
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.write_wait, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        if self._drain_callback is not None:
+            self._drain_callback()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        self._drain_callback = None
+        super().connection_lost(exc)
+
+    def _write_timed_out(self) -> None:
+        self._write_deadline = None
+        if self.closed:
+            return
+        self.queue.put_nowait(
+            {
+                "type": "websocket.disconnect",
+                "code": CLOSE_TRY_AGAIN_LATER,
+                "reason": "write timeout",
+            }
+        )
+        self.close_sent = True
+        self.transport.abort()
+
+
+def transport_of(scope: MutableMapping[str, Any]) -> FrameTransport | None:
+    """The FrameTransport of an accepted WebSocket, when the server provides one."""
+    extension = scope.get("extensions", {}).get(EXTENSION)
+    return None if extension is None else extension["transport"]
+
+
+def protocol_class(write_wait: float) -> type[GatewayProtocol]:
+    """A GatewayProtocol subclass bound to this server's write deadline."""
+    return type("ConfiguredGatewayProtocol", (GatewayProtocol,), {"write_wait": write_wait})

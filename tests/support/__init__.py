@@ -1,0 +1,1 @@
+"""Test helpers: real servers in subprocesses, and clients that talk to them."""

@@ -1,0 +1,127 @@
+"""Clients for the tests: JSON helpers over `websockets`, and a raw socket for misbehaving peers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from websockets.asyncio.client import ClientConnection, connect
+
+# A guard against a hung test, not a synchronisation: every wait below ends on a message.
+RECEIVE_TIMEOUT = 10.0
+
+
+def open_ws(url: str, **kwargs: Any) -> connect:
+    kwargs.setdefault("compression", None)
+    kwargs.setdefault("open_timeout", RECEIVE_TIMEOUT)
+    kwargs.setdefault("max_size", 4 * 1024 * 1024)
+    return connect(url, **kwargs)
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    with anyio.fail_after(RECEIVE_TIMEOUT):
+        raw = await ws.recv()
+    assert isinstance(raw, str), f"expected a text frame, got {type(raw).__name__}"
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+async def receive_type(ws: ClientConnection, message_type: str) -> dict[str, Any]:
+    """The next message, asserting its type."""
+    message = await receive(ws)
+    assert message["type"] == message_type, f"expected {message_type}, got {message}"
+    return message
+
+
+async def send(ws: ClientConnection, message_type: str, payload: Any = None) -> None:
+    body: dict[str, Any] = {"type": message_type}
+    if payload is not None:
+        body["payload"] = payload
+    await ws.send(json.dumps(body))
+
+
+@asynccontextmanager
+async def member(url: str, **kwargs: Any) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    """A joined connection and the presence_state it received first."""
+    async with open_ws(url, **kwargs) as ws:
+        state = await receive_type(ws, "presence_state")
+        yield ws, state
+
+
+class RawClient:
+    """A WebSocket client by hand, for what well-behaved libraries refuse to do: never answer
+    pings, send invalid UTF-8, or vanish without a close frame."""
+
+    def __init__(self, port: int, path: str, headers: dict[str, str] | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=RECEIVE_TIMEOUT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during handshake")
+            response += chunk
+        head, _, self._buffer = response.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1])
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        mask = os.urandom(4)
+        header = bytes([(0x80 if fin else 0) | opcode])
+        length = len(payload)
+        if length < 126:
+            header += bytes([0x80 | length])
+        elif length < 65536:
+            header += bytes([0x80 | 126]) + struct.pack("!H", length)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def _read(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
+    def read_frame(self) -> tuple[int, bytes]:
+        """The next frame (opcode, payload); pings are returned, not answered."""
+        first, second = self._read(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read(8))
+        return first & 0x0F, self._read(length)
+
+    def read_until_close(self) -> int | None:
+        """Read until a close frame (its code) or the end of the stream (None)."""
+        try:
+            while True:
+                opcode, payload = self.read_frame()
+                if opcode == 0x8:
+                    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+        except (ConnectionError, OSError):
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
