@@ -33,6 +33,8 @@ class SessionHandler:
         self._limits = limits
 
     async def run(self, websocket: WebSocket, ticket: Ticket) -> None:
+        # The ticket's per-IP slot is freed as soon as the socket is gone, before presence
+        # cleanup, so a client that sees `user_left` may reconnect at once.
         try:
             await websocket.accept()
             transport = transport_of(websocket.scope)
@@ -54,11 +56,11 @@ class SessionHandler:
                 limits=self._limits,
                 observer=self._metrics,
             )
-            await self._serve(websocket, connection)
+            await self._serve(websocket, connection, ticket)
         finally:
             ticket.release()
 
-    async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
+    async def _serve(self, websocket: WebSocket, connection: Connection, ticket: Ticket) -> None:
         metrics = self._metrics
         metrics.active_connections.inc()
         started = time.monotonic()
@@ -68,11 +70,12 @@ class SessionHandler:
             "client_id": connection.client_id,
         }
         logger.info("connected", extra={"event": "ws_connected", **fields})
-        code = 1006
+        code, reason = 1006, ""
         try:
             await self._registry.join(connection)
-            code = await self._read(websocket, connection)
+            code, reason = await self._read(websocket, connection)
         finally:
+            ticket.release()
             await self._registry.leave(connection)
             duration = time.monotonic() - started
             metrics.active_connections.dec()
@@ -83,17 +86,18 @@ class SessionHandler:
                     "event": "ws_disconnected",
                     **fields,
                     "close_code": code,
+                    "close_reason": reason,
                     "duration_s": round(duration, 3),
                 },
             )
 
-    async def _read(self, websocket: WebSocket, connection: Connection) -> int:
-        """Dispatch incoming messages until the peer leaves; returns the close code."""
+    async def _read(self, websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+        """Dispatch incoming messages until the peer leaves; returns the close code and reason."""
         receive = websocket.receive
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                return int(message.get("code") or 1005)
+                return int(message.get("code") or 1005), str(message.get("reason") or "")
             text = message.get("text")
             if text is None:
                 self._refuse(

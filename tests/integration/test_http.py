@@ -1,0 +1,150 @@
+"""The HTTP endpoints: probes, /stats behind a token, /metrics, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.clients import member, receive, receive_type, send
+from tests.support.server import ServerProcess, running_server
+
+pytestmark = pytest.mark.anyio
+
+RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with running_server() as running:
+        yield running
+
+
+@pytest.fixture
+async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.http_url) as client:
+        yield client
+
+
+async def test_health(http: httpx.AsyncClient) -> None:
+    response = await http.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "healthy", "service": "websocket-service"}
+
+
+async def test_ready(http: httpx.AsyncClient) -> None:
+    response = await http.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer not-a-token", "Basic dXNlcjpwYXNz", "Bearer"]
+)
+async def test_stats_requires_a_valid_token(
+    http: httpx.AsyncClient, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = await http.get("/stats", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_stats_lists_rooms_and_clients(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    headers = {"Authorization": f"Bearer {server.token('ops')}"}
+    async with (
+        member(server.ws_url("stats-a", server.token("ann"))) as (ann, _),
+        member(server.ws_url("stats-a", server.token("bob"))),
+        member(server.ws_url("stats-b", server.token("cat"))),
+    ):
+        await receive_type(ann, "user_joined")
+        body = (await http.get("/stats", headers=headers)).json()
+        rooms = {room["room_id"]: room for room in body["rooms"]}
+        assert rooms.keys() == {"stats-a", "stats-b"}
+        assert (body["total_rooms"], body["total_clients"]) == (2, 3)
+        assert rooms["stats-a"]["client_count"] == 2
+        for room in rooms.values():
+            assert RFC3339_Z.match(room["created_at"])
+            assert RFC3339_Z.match(room["last_activity"])
+            assert room["last_activity"] >= room["created_at"]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def test_metrics_count_connections_rooms_and_messages(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    before = samples((await http.get("/metrics")).text)
+
+    def grew(name: str, message_type: str) -> float:
+        key = (name, (("type", message_type),))
+        return values.get(key, 0.0) - before.get(key, 0.0)
+
+    async with (
+        member(server.ws_url("metrics", server.token("ann"))) as (ann, _),
+        member(server.ws_url("metrics", server.token("bob"))) as (bob, _),
+    ):
+        await receive_type(ann, "user_joined")
+        await send(ann, "cursor_update", {"line": 1, "column": 1})
+        await receive_type(bob, "cursor_update")
+        await ann.send("not json")
+        await receive_type(ann, "error")
+        text = (await http.get("/metrics")).text
+        values = samples(text)
+        assert values[("websocket_active_connections", ())] == 2
+        assert values[("websocket_total_rooms", ())] == 1
+        assert grew("websocket_messages_received_total", "cursor_update") == 1
+        assert grew("websocket_messages_received_total", "invalid") == 1
+        assert grew("websocket_messages_sent_total", "cursor_update") == 1
+        assert grew("websocket_messages_sent_total", "presence_state") == 2
+        assert grew("websocket_messages_sent_total", "user_joined") == 1
+    await send_and_wait_closed(server)
+    text = (await http.get("/metrics")).text
+    assert "websocket_connection_duration_seconds_bucket" in text
+    assert "http_requests_total" in text
+    assert "http_request_duration_seconds" in text
+
+
+async def send_and_wait_closed(server: ServerProcess) -> None:
+    """A fresh member sees nobody else: the earlier connections are fully gone."""
+    async with member(server.ws_url("metrics", server.token("probe"))) as (probe, state):
+        assert [u["user_id"] for u in state["payload"]["users"]] == ["probe"]
+        await send(probe, "ping")
+        assert (await receive(probe))["type"] == "pong"
+
+
+async def test_openapi_documents_every_endpoint_and_the_bearer_scheme(
+    http: httpx.AsyncClient,
+) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    assert {"/health", "/ready", "/stats", "/metrics"} <= spec["paths"].keys()
+    stats = spec["paths"]["/stats"]["get"]
+    assert stats["security"] == [{"bearerAuth": []}]
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    schema = stats["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/StatsResponse"}
+    assert set(spec["components"]["schemas"]["StatsResponse"]["properties"]) == {
+        "total_rooms",
+        "total_clients",
+        "rooms",
+    }
+    assert "401" in stats["responses"]
+    assert (await http.get("/docs")).status_code == 200
+
+
+async def test_unknown_path_uses_the_error_shape(http: httpx.AsyncClient) -> None:
+    response = await http.get("/nope")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
