@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dependency_injector import containers, providers
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.auth import AuthService
+from app.broadcaster.base import Broadcaster
 from app.broadcaster.memory import MemoryBroadcaster
+from app.broadcaster.redis import RedisBroadcaster
 from app.connection import BacklogLimits
 from app.gatekeeper import Gatekeeper
 from app.limits import ConnectionLimiter
@@ -14,6 +19,34 @@ from app.origins import OriginPolicy
 from app.registry import RoomRegistry
 from app.session import SessionHandler
 from app.settings import Settings
+
+
+def redis_client(addr: str, password: str | None) -> Redis:
+    """A client for `host:port` or a `redis://` URL. It never retries on its own: the
+    broadcaster decides what a failure means and reconnects with backoff."""
+    options = {
+        "password": password,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+    if "://" in addr:
+        return Redis.from_url(addr, **options)  # type: ignore[arg-type]
+    host, _, port = addr.rpartition(":")
+    return Redis(host=host.strip("[]") or "localhost", port=int(port or 6379), **options)  # type: ignore[arg-type]
+
+
+def broadcaster_for(settings: Settings, metrics: Metrics) -> Broadcaster:
+    if not settings.redis_addr:
+        return MemoryBroadcaster(instance_id=settings.instance_id)
+    return RedisBroadcaster(
+        redis_client(settings.redis_addr, settings.redis_password),
+        metrics,
+        prefix=settings.redis_prefix,
+        presence_ttl=settings.presence_ttl,
+        instance_id=settings.instance_id,
+    )
 
 
 class Container(containers.DeclarativeContainer):
@@ -30,11 +63,16 @@ class Container(containers.DeclarativeContainer):
     limiter = providers.Singleton(
         ConnectionLimiter, per_ip=settings.provided.max_connections_per_ip
     )
-    gatekeeper = providers.Singleton(
-        Gatekeeper, auth=auth, origins=origins, limiter=limiter, metrics=metrics
-    )
-    broadcaster = providers.Singleton(MemoryBroadcaster)
+    broadcaster = providers.Singleton(broadcaster_for, settings=settings, metrics=metrics)
     registry = providers.Singleton(RoomRegistry, broadcaster=broadcaster, metrics=metrics)
+    gatekeeper = providers.Singleton(
+        Gatekeeper,
+        auth=auth,
+        origins=origins,
+        limiter=limiter,
+        metrics=metrics,
+        registry=registry,
+    )
     backlog_limits = providers.Singleton(
         BacklogLimits,
         messages=settings.provided.send_queue_limit,

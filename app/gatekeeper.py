@@ -10,6 +10,7 @@ from app.auth import AuthError, AuthService, Identity
 from app.limits import ConnectionLimiter
 from app.metrics import Metrics
 from app.origins import OriginPolicy
+from app.registry import RoomRegistry
 
 PROJECT_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
@@ -61,7 +62,9 @@ class Gatekeeper:
         origins: OriginPolicy,
         limiter: ConnectionLimiter,
         metrics: Metrics,
+        registry: RoomRegistry,
     ) -> None:
+        self._registry = registry
         self._auth = auth
         self._origins = origins
         self._limiter = limiter
@@ -89,6 +92,8 @@ class Gatekeeper:
         query: Mapping[str, str],
         ip: str,
     ) -> Ticket:
+        if not self._registry.accepting:
+            raise Rejection(503, "shutting_down", "this instance is not accepting connections")
         if PROJECT_ID.fullmatch(project_id) is None:
             raise Rejection(
                 400,

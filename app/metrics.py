@@ -65,6 +65,21 @@ class Metrics:
             "Connections closed with 1013 because their backlog overflowed.",
             registry=self.registry,
         )
+        self.redis_connected = Gauge(
+            "websocket_redis_connected",
+            "1 while the Redis broadcaster is connected (0 with the in-memory broadcaster).",
+            registry=self.registry,
+        )
+        self.redis_reconnects = Counter(
+            "websocket_redis_reconnects_total",
+            "Attempts to reconnect to Redis after a failure.",
+            registry=self.registry,
+        )
+        self.redis_publish_dropped = Counter(
+            "websocket_redis_publish_dropped_total",
+            "Events not sent to other instances because Redis was unreachable.",
+            registry=self.registry,
+        )
         # Pre-bound children: labels() is a dict lookup plus a lock; fan-out happens per message.
         known = RELAYED_TYPES | SERVER_ONLY_TYPES | {"ping", "invalid"}
         self._sent = {name: self.messages_sent.labels(name) for name in known}

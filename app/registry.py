@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -62,18 +63,49 @@ class RoomRegistry:
         self._broadcaster = broadcaster
         self._metrics = metrics
         self._rooms: dict[str, Room] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.accepting = False
 
     async def start(self) -> None:
         await self._broadcaster.start(self)
         self.accepting = True
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 2.0) -> None:
+        """Close what is still open, let sessions leave (bounded), then stop the broadcaster."""
         self.accepting = False
-        for room in list(self._rooms.values()):
-            for connection in list(room.connections.values()):
-                connection.close(CLOSE_SERVICE_RESTART, "service restart")
+        for connection in self._connections():
+            connection.close(CLOSE_SERVICE_RESTART, "service restart")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
         await self._broadcaster.stop()
+
+    async def drain(self, window: float) -> None:
+        """Stop accepting and close every connection with 1012, spread over half of `window`
+        so clients do not reconnect all at once, then wait for their sessions to leave."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window * 0.8
+        connections = self._connections()
+        logger.info(
+            "draining",
+            extra={"event": "drain_started", "connections": len(connections), "window_s": window},
+        )
+        batches = max(1, min(len(connections), 20))
+        pause = window * 0.5 / batches
+        for index in range(batches):
+            for connection in connections[index::batches]:
+                connection.close(CLOSE_SERVICE_RESTART, "service restart")
+            if index + 1 < batches:
+                await asyncio.sleep(pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+
+    def _connections(self) -> list[Connection]:
+        return [c for room in self._rooms.values() for c in room.connections.values()]
+
+    def room_counts(self) -> dict[str, int]:
+        return {project: len(room.connections) for project, room in self._rooms.items()}
 
     @property
     def connection_count(self) -> int:
@@ -115,6 +147,7 @@ class RoomRegistry:
         # No await from here on: presence_state is queued before any relay can reach the room.
         self.send(connection, "presence_state", {"users": _users(members)})
         room.connections[connection.client_id] = connection
+        self._idle.clear()
         room.last_activity = time.time()
         if first:
             self._announce(connection, "user_joined")
@@ -132,6 +165,8 @@ class RoomRegistry:
         if not room.connections and not room.joining and self._rooms.get(project_id) is room:
             del self._rooms[project_id]
             self._metrics.total_rooms.set(len(self._rooms))
+            if not self._rooms:
+                self._idle.set()
             await self._broadcaster.unsubscribe(project_id)
 
     def relay(self, sender: Connection, message_type: str, payload: Mapping[str, Any]) -> None:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Awaitable, Callable
+
 import uvicorn
 from fastapi import FastAPI
 
 from app.logs import log_config
 from app.settings import Settings
 from app.transport import protocol_class
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, with a drain before its own shutdown: on SIGTERM the listening socket stays open
+    long enough for /ready to answer 503 and for connections to be closed gradually."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._drain = drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._drain()
+        await super().shutdown(sockets)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
@@ -25,8 +41,13 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         server_header=False,
         log_config=log_config(settings.log_level),
         lifespan="on",
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_drain * 0.2) + 1),
     )
 
 
 def serve(app: FastAPI, settings: Settings) -> None:
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    registry = app.state.container.registry()
+    server = GatewayServer(
+        uvicorn_config(app, settings), drain=lambda: registry.drain(settings.shutdown_drain)
+    )
+    server.run()

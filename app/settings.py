@@ -105,6 +105,10 @@ class Settings:
     port: int = 8082
     redis_addr: str | None = None
     redis_password: str | None = field(default=None, repr=False)
+    redis_prefix: str = "texflow:ws:"
+    presence_ttl: float = 30.0
+    instance_id: str | None = None
+    shutdown_drain: float = 10.0
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key_path: Path | None = None
     jwt_public_key: str | None = field(default=None, repr=False)
@@ -157,6 +161,10 @@ class Settings:
             port=_integer(env, "WEBSOCKET_SERVICE_PORT", 8082, 0),
             redis_addr=(env.get("REDIS_ADDR") or "").strip() or None,
             redis_password=env.get("REDIS_PASSWORD") or None,
+            redis_prefix=env.get("REDIS_CHANNEL_PREFIX") or "texflow:ws:",
+            presence_ttl=_positive_duration(env, "PRESENCE_TTL", "30s"),
+            instance_id=(env.get("INSTANCE_ID") or "").strip() or None,
+            shutdown_drain=_positive_duration(env, "SHUTDOWN_DRAIN", "10s"),
             jwt_secret=env.get("JWT_SECRET") or None,
             jwt_public_key_path=key_path,
             jwt_public_key=public_key,

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from app.broadcaster.base import Broadcaster, Listener, Member, RoomEvent
+from app.broadcaster.base import Broadcaster, ClusterStats, Listener, Member, RoomEvent
 from app.broadcaster.memory import MemoryBroadcaster, MemoryBus
 
-__all__ = ["Broadcaster", "Listener", "Member", "MemoryBroadcaster", "MemoryBus", "RoomEvent"]
+__all__ = [
+    "Broadcaster",
+    "ClusterStats",
+    "Listener",
+    "Member",
+    "MemoryBroadcaster",
+    "MemoryBus",
+    "RoomEvent",
+]

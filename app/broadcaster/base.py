@@ -32,6 +32,15 @@ class BroadcasterStatus:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterStats:
+    """Totals over every live instance."""
+
+    instances: int
+    total_rooms: int
+    total_clients: int
+
+
 class Listener(Protocol):
     """Receives what other instances published, for local fan-out."""
 
@@ -40,6 +49,9 @@ class Listener(Protocol):
     def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:
         """A member was removed by someone else (its instance died); announce it if needed."""
 
+    def room_counts(self) -> dict[str, int]:
+        """Connections per project on this instance."""
+
 
 class Broadcaster(Protocol):
     """Pub/Sub between instances plus presence, scoped to the projects with local members.
@@ -47,6 +59,8 @@ class Broadcaster(Protocol):
     `publish` never blocks the caller: events from one instance reach the others in the order
     they were published. Presence calls return whether the user's first (or last) connection
     anywhere in the cluster was added (or removed), so `user_joined`/`user_left` fire once.
+    No call raises or hangs when the backend is unreachable: it falls back to this instance's
+    own view and restores the shared state when the backend returns.
     """
 
     instance_id: str
@@ -68,3 +82,7 @@ class Broadcaster(Protocol):
     async def members(self, project_id: str) -> list[Member]: ...
 
     def status(self) -> BroadcasterStatus: ...
+
+    async def cluster_stats(self) -> ClusterStats | None:
+        """Totals over all instances, or None where there is no cluster."""
+        ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 
-from app.broadcaster.base import BroadcasterStatus, Listener, Member, RoomEvent
+from app.broadcaster.base import BroadcasterStatus, ClusterStats, Listener, Member, RoomEvent
 
 
 class MemoryBus:
@@ -67,3 +67,6 @@ class MemoryBroadcaster:
 
     def status(self) -> BroadcasterStatus:
         return BroadcasterStatus(connected=True, detail="in-memory")
+
+    async def cluster_stats(self) -> ClusterStats | None:
+        return None

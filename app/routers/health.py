@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from app.routers.deps import BroadcasterDep, RegistryDep
@@ -21,7 +21,8 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     reason: str | None = None
-    broadcaster: str
+    broadcaster: str = Field(description="The broadcaster's state, e.g. 'redis connected'")
+    broadcaster_connected: bool
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness: the process serves")
@@ -36,10 +37,14 @@ async def health() -> HealthResponse:
     responses={503: {"model": ReadyResponse, "description": "Not accepting connections"}},
 )
 async def ready(registry: RegistryDep, broadcaster: BroadcasterDep) -> JSONResponse:
+    # A Redis outage does not fail readiness: every instance shares that Redis, so failing
+    # would pull all of them out of the load balancer at once, while each can still serve its
+    # own rooms. The state is reported here and in websocket_redis_connected for alerting.
     status = broadcaster.status()
-    if not registry.accepting:
-        body = ReadyResponse(
-            status="not_ready", reason="shutting down or not started", broadcaster=status.detail
-        )
-        return JSONResponse(body.model_dump(), status_code=503)
-    return JSONResponse(ReadyResponse(status="ready", broadcaster=status.detail).model_dump())
+    body = ReadyResponse(
+        status="ready" if registry.accepting else "not_ready",
+        reason=None if registry.accepting else "shutting down or not started",
+        broadcaster=status.detail,
+        broadcaster_connected=status.connected,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if registry.accepting else 503)

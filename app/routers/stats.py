@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.auth import AuthError
-from app.routers.deps import AuthDep, RegistryDep
+from app.routers.deps import AuthDep, BroadcasterDep, RegistryDep
 from app.routers.errors import ApiError, ErrorResponse
 
 router = APIRouter(tags=["stats"])
@@ -29,10 +29,22 @@ class RoomStats(BaseModel):
     last_activity: datetime
 
 
-class StatsResponse(BaseModel):
+class ClusterTotals(BaseModel):
+    instances: int
     total_rooms: int
     total_clients: int
+
+
+class StatsResponse(BaseModel):
+    total_rooms: int = Field(description="Rooms on this instance")
+    total_clients: int = Field(description="Connections on this instance")
     rooms: list[RoomStats]
+    instance_id: str | None = Field(
+        default=None, description="This instance, when several share Redis"
+    )
+    cluster: ClusterTotals | None = Field(
+        default=None, description="Totals over every live instance, when Redis is configured"
+    )
 
 
 @router.get(
@@ -44,6 +56,7 @@ class StatsResponse(BaseModel):
 async def stats(
     auth: AuthDep,
     registry: RegistryDep,
+    broadcaster: BroadcasterDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> StatsResponse:
     try:
@@ -59,8 +72,17 @@ async def stats(
         )
         for room in registry.snapshot()
     ]
+    cluster = await broadcaster.cluster_stats()
     return StatsResponse(
         total_rooms=len(rooms),
         total_clients=sum(room.client_count for room in rooms),
         rooms=rooms,
+        instance_id=broadcaster.instance_id if cluster is not None else None,
+        cluster=ClusterTotals(
+            instances=cluster.instances,
+            total_rooms=cluster.total_rooms,
+            total_clients=cluster.total_clients,
+        )
+        if cluster is not None
+        else None,
     )

@@ -38,7 +38,21 @@ async def test_health(http: httpx.AsyncClient) -> None:
 async def test_ready(http: httpx.AsyncClient) -> None:
     response = await http.get("/ready")
     assert response.status_code == 200
-    assert response.json()["status"] == "ready"
+    assert response.json() == {
+        "status": "ready",
+        "reason": None,
+        "broadcaster": "in-memory",
+        "broadcaster_connected": True,
+    }
+
+
+async def test_stats_has_no_cluster_part_without_redis(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    headers = {"Authorization": f"Bearer {server.token('ops')}"}
+    body = (await http.get("/stats", headers=headers)).json()
+    assert body["cluster"] is None
+    assert body["instance_id"] is None
 
 
 @pytest.mark.parametrize(
@@ -139,6 +153,8 @@ async def test_openapi_documents_every_endpoint_and_the_bearer_scheme(
         "total_rooms",
         "total_clients",
         "rooms",
+        "instance_id",
+        "cluster",
     }
     assert "401" in stats["responses"]
     assert (await http.get("/docs")).status_code == 200

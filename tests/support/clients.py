@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 # A guard against a hung test, not a synchronisation: every wait below ends on a message.
 RECEIVE_TIMEOUT = 10.0
@@ -38,6 +39,16 @@ async def receive_type(ws: ClientConnection, message_type: str) -> dict[str, Any
     message = await receive(ws)
     assert message["type"] == message_type, f"expected {message_type}, got {message}"
     return message
+
+
+async def close_code(ws: ClientConnection) -> int | None:
+    """Read until the server closes the connection; the close code it sent."""
+    with anyio.fail_after(RECEIVE_TIMEOUT):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None
 
 
 async def send(ws: ClientConnection, message_type: str, payload: Any = None) -> None:
