@@ -8,7 +8,7 @@ IMAGE ?= texflow-websocket
 USER ?= alice
 PROJECT ?= demo
 
-.PHONY: install run token test unit lint format docker-build clean
+.PHONY: install run run-cluster token test lint format docker-build clean
 
 $(STAMP): pyproject.toml config/constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is required, found " + sys.version.split()[0])'
@@ -22,6 +22,10 @@ install: $(STAMP)
 ## run: serve in development: in-memory broadcaster, generated secret, printed sample URL
 run: $(STAMP)
 	$(BIN)/python -m app
+
+## run-cluster: Redis and two instances on 8082 and 8083, printing URLs for two tabs
+run-cluster: $(STAMP)
+	PYTHON=$(BIN)/python bash config/run-cluster.sh
 
 ## token: mint a development token, e.g. make token USER=bob PROJECT=demo
 token: $(STAMP)
