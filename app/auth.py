@@ -94,7 +94,8 @@ class AuthService:
             raise _unauthorized("token expired") from None
         except JWTClaimsError as exc:
             raise _unauthorized(f"token claims rejected: {_claims_reason(exc)}") from None
-        except JWTError:
+        except (JWTError, TypeError, ValueError, OverflowError):
+            # python-jose lets TypeError/OverflowError out for claims like "exp": null or 1e400.
             raise _unauthorized("token signature or format invalid") from None
         return _identity(claims)
 

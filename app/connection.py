@@ -130,9 +130,12 @@ class Connection:
         transport = self._transport
         backlog = self._backlog
         while backlog and transport.can_write and not transport.closed:
-            data = backlog.popleft().data
+            entry = backlog.popleft()
+            data = entry.data
             if data is None:
                 continue
+            # Sent entries must look superseded, or a later coalesce would count them again.
+            entry.data = None
             self._live -= 1
             self._backlog_bytes -= len(data)
             transport.send_text(data)

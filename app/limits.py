@@ -23,7 +23,7 @@ class ConnectionLimiter:
         if remaining > 0:
             self._open[ip] = remaining
         else:
-            del self._open[ip]
+            self._open.pop(ip, None)
 
     def open_connections(self, ip: str) -> int:
         return self._open[ip]

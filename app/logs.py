@@ -42,6 +42,11 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        # Strings first (JSON escaping would hide a tab or newline after "Bearer"), then the
+        # whole line for anything inside other values.
+        for key, value in entry.items():
+            if isinstance(value, str):
+                entry[key] = redact(value)
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 

@@ -310,7 +310,7 @@ def _explain(exc: ValidationError) -> MessageError:
 
 def utc_timestamp(now: datetime | None = None) -> str:
     """RFC 3339 in UTC with millisecond precision and a `Z`."""
-    moment = now or datetime.now(UTC)
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -91,9 +91,8 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 
 def _origins(raw: str | None) -> tuple[str, ...] | None:
-    if raw is None or raw.strip() == "":
-        return None
-    return tuple(part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip())
+    parts = tuple(p.strip().rstrip("/").lower() for p in (raw or "").split(",") if p.strip())
+    return parts or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +102,8 @@ class Settings:
     environment: Environment = "development"
     host: str = "127.0.0.1"
     port: int = 8082
-    redis_addr: str | None = None
+    # May be a redis:// URL with a password in it.
+    redis_addr: str | None = field(default=None, repr=False)
     redis_password: str | None = field(default=None, repr=False)
     redis_prefix: str = "texflow:ws:"
     presence_ttl: float = 30.0
@@ -150,6 +150,11 @@ class Settings:
             except OSError as exc:
                 raise SettingsError(
                     f"JWT_PUBLIC_KEY_PATH: cannot read {key_path_raw!r}: {exc.strerror}"
+                ) from None
+            except UnicodeDecodeError:
+                raise SettingsError(
+                    f"JWT_PUBLIC_KEY_PATH: expected a PEM public key in {key_path_raw!r}, "
+                    "got binary data (DER?)"
                 ) from None
             if "-----BEGIN" not in public_key:
                 raise SettingsError(

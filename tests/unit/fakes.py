@@ -1,0 +1,63 @@
+"""Test doubles shared by the unit tests: a frame transport and a backlog observer that record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class FakeTransport:
+    """A FrameTransport whose buffer the test fills and drains by hand.
+
+    `room` is how many more frames fit before the buffer reports full; None means unlimited.
+    """
+
+    def __init__(self, *, can_write: bool = True, room: int | None = None) -> None:
+        self.can_write = can_write
+        self.closed = False
+        self.room = room
+        self.sent: list[bytes] = []
+        self.closes: list[tuple[int, str]] = []
+        self.drain_callback: Callable[[], None] | None = None
+        self.drain_registrations: list[Callable[[], None] | None] = []
+
+    def send_text(self, data: bytes) -> None:
+        assert not self.closed, "a frame was written to a closed transport"
+        assert self.can_write, "a frame was written while the buffer was full"
+        self.sent.append(data)
+        if self.room is not None:
+            self.room -= 1
+            if self.room <= 0:
+                self.can_write = False
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+        self.closed = True
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self.drain_callback = callback
+        self.drain_registrations.append(callback)
+
+    def drain(self, room: int | None = None) -> None:
+        """Make the buffer writable again (for `room` frames) and call the drain callback."""
+        self.can_write = True
+        self.room = room
+        if self.drain_callback is not None:
+            self.drain_callback()
+
+
+class RecordingObserver:
+    """A BacklogObserver that remembers every decision."""
+
+    def __init__(self) -> None:
+        self.coalesced_types: list[str] = []
+        self.dropped_types: list[str] = []
+        self.slow_closes = 0
+
+    def coalesced(self, message_type: str) -> None:
+        self.coalesced_types.append(message_type)
+
+    def dropped(self, message_type: str) -> None:
+        self.dropped_types.append(message_type)
+
+    def slow_consumer_closed(self) -> None:
+        self.slow_closes += 1

@@ -1,0 +1,58 @@
+"""ConnectionLimiter: a per-address cap on open connections."""
+
+from __future__ import annotations
+
+from app.limits import ConnectionLimiter
+
+
+def test_acquire_succeeds_up_to_the_cap() -> None:
+    limiter = ConnectionLimiter(per_ip=2)
+
+    assert limiter.acquire("10.0.0.1")
+    assert limiter.acquire("10.0.0.1")
+    assert not limiter.acquire("10.0.0.1")
+    assert limiter.open_connections("10.0.0.1") == 2
+
+
+def test_refused_acquire_takes_no_slot() -> None:
+    limiter = ConnectionLimiter(per_ip=1)
+    limiter.acquire("10.0.0.1")
+
+    assert not limiter.acquire("10.0.0.1")
+    assert not limiter.acquire("10.0.0.1")
+    assert limiter.open_connections("10.0.0.1") == 1
+
+
+def test_addresses_are_counted_separately() -> None:
+    limiter = ConnectionLimiter(per_ip=1)
+
+    assert limiter.acquire("10.0.0.1")
+    assert limiter.acquire("10.0.0.2")
+    assert limiter.acquire("::1")
+    assert limiter.open_connections("10.0.0.2") == 1
+
+
+def test_release_frees_a_slot() -> None:
+    limiter = ConnectionLimiter(per_ip=2)
+    limiter.acquire("10.0.0.1")
+    limiter.acquire("10.0.0.1")
+
+    limiter.release("10.0.0.1")
+
+    assert limiter.open_connections("10.0.0.1") == 1
+    assert limiter.acquire("10.0.0.1")
+    assert not limiter.acquire("10.0.0.1")
+
+
+def test_releasing_the_last_slot_leaves_none_open() -> None:
+    limiter = ConnectionLimiter(per_ip=1)
+    limiter.acquire("10.0.0.1")
+
+    limiter.release("10.0.0.1")
+
+    assert limiter.open_connections("10.0.0.1") == 0
+    assert limiter.acquire("10.0.0.1")
+
+
+def test_unknown_address_has_no_open_connections() -> None:
+    assert ConnectionLimiter(per_ip=5).open_connections("192.0.2.1") == 0
