@@ -16,8 +16,9 @@ from app.gatekeeper import Gatekeeper
 from app.limits import ConnectionLimiter
 from app.metrics import Metrics
 from app.origins import OriginPolicy
+from app.proxies import ClientAddressResolver
 from app.registry import RoomRegistry
-from app.session import SessionHandler
+from app.session import SessionHandler, SessionLimits
 from app.settings import Settings
 
 
@@ -60,8 +61,14 @@ class Container(containers.DeclarativeContainer):
         leeway=settings.provided.jwt_leeway,
     )
     origins = providers.Singleton(OriginPolicy, allowed=settings.provided.effective_origins)
-    limiter = providers.Singleton(
-        ConnectionLimiter, per_ip=settings.provided.max_connections_per_ip
+    ip_limiter = providers.Singleton(
+        ConnectionLimiter, limit=settings.provided.max_connections_per_ip
+    )
+    user_limiter = providers.Singleton(
+        ConnectionLimiter, limit=settings.provided.max_connections_per_user
+    )
+    addresses = providers.Singleton(
+        ClientAddressResolver, trusted=settings.provided.trusted_proxies
     )
     broadcaster = providers.Singleton(broadcaster_for, settings=settings, metrics=metrics)
     registry = providers.Singleton(RoomRegistry, broadcaster=broadcaster, metrics=metrics)
@@ -69,7 +76,9 @@ class Container(containers.DeclarativeContainer):
         Gatekeeper,
         auth=auth,
         origins=origins,
-        limiter=limiter,
+        ip_limiter=ip_limiter,
+        user_limiter=user_limiter,
+        addresses=addresses,
         metrics=metrics,
         registry=registry,
     )
@@ -78,6 +87,20 @@ class Container(containers.DeclarativeContainer):
         messages=settings.provided.send_queue_limit,
         bytes=settings.provided.send_queue_bytes,
     )
+    session_limits = providers.Singleton(
+        SessionLimits,
+        rate_per_second=settings.provided.rate_limit_per_second,
+        burst=settings.provided.rate_limit_burst,
+        max_strikes=settings.provided.abuse_max_strikes,
+        strike_window=settings.provided.abuse_window,
+        expiry_warning=settings.provided.token_expiry_warning,
+        leeway=settings.provided.jwt_leeway,
+    )
     sessions = providers.Singleton(
-        SessionHandler, registry=registry, metrics=metrics, limits=backlog_limits
+        SessionHandler,
+        registry=registry,
+        metrics=metrics,
+        auth=auth,
+        backlog=backlog_limits,
+        limits=session_limits,
     )

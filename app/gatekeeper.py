@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from app.auth import AuthError, AuthService, Identity
 from app.limits import ConnectionLimiter
 from app.metrics import Metrics
 from app.origins import OriginPolicy
+from app.proxies import ClientAddressResolver
 from app.registry import RoomRegistry
 
 PROJECT_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+BEARER_SUBPROTOCOL = "bearer"
 
 
 class Rejection(Exception):
@@ -27,48 +29,67 @@ class Rejection(Exception):
 
 @dataclass(slots=True)
 class Ticket:
-    """An admitted upgrade; holds a per-IP slot until `release`."""
+    """An admitted upgrade; holds a per-IP and a per-user slot until `release`."""
 
     project_id: str
     identity: Identity
     ip: str
-    _limiter: ConnectionLimiter
+    subprotocol: str | None
+    _ip_limiter: ConnectionLimiter
+    _user_limiter: ConnectionLimiter
     _released: bool = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._limiter.release(self.ip)
+            self._ip_limiter.release(self.ip)
+            self._user_limiter.release(self.identity.user_id)
 
 
-def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """The token from `Authorization: Bearer`, else from `?token=`."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    token: str | None
+    subprotocol: str | None
+
+
+def credentials(
+    headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
+) -> Credentials:
+    """The token, from the first of: `Sec-WebSocket-Protocol: bearer, <jwt>` (what browsers can
+    send without leaking it into URLs), `Authorization: Bearer <jwt>`, `?token=<jwt>`."""
+    if BEARER_SUBPROTOCOL in subprotocols:
+        index = list(subprotocols).index(BEARER_SUBPROTOCOL)
+        token = subprotocols[index + 1] if index + 1 < len(subprotocols) else None
+        return Credentials(token or None, BEARER_SUBPROTOCOL)
     authorization = headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return query.get("token") or None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return Credentials(value.strip(), None)
+    return Credentials(query.get("token") or None, None)
 
 
 class Gatekeeper:
-    """Runs the checks in order: project id, origin, token and scope, then the per-IP cap.
-
-    The cap comes last so that only an admitted upgrade takes a slot.
+    """Runs the checks in order: draining, project id, origin, token and scope, then the
+    per-IP and per-user caps. The caps come last so that only an admitted upgrade takes a slot.
     """
 
     def __init__(
         self,
         auth: AuthService,
         origins: OriginPolicy,
-        limiter: ConnectionLimiter,
+        ip_limiter: ConnectionLimiter,
+        user_limiter: ConnectionLimiter,
+        addresses: ClientAddressResolver,
         metrics: Metrics,
         registry: RoomRegistry,
     ) -> None:
-        self._registry = registry
         self._auth = auth
         self._origins = origins
-        self._limiter = limiter
+        self._ip_limiter = ip_limiter
+        self._user_limiter = user_limiter
+        self._addresses = addresses
         self._metrics = metrics
+        self._registry = registry
 
     def admit(
         self,
@@ -76,21 +97,25 @@ class Gatekeeper:
         project_id: str,
         headers: Mapping[str, str],
         query: Mapping[str, str],
-        ip: str,
+        peer: str,
+        subprotocols: Sequence[str] = (),
     ) -> Ticket:
         try:
-            return self._check(project_id=project_id, headers=headers, query=query, ip=ip)
+            return self._check(project_id, headers, query, peer, subprotocols)
         except Rejection as rejection:
             self._metrics.rejected_upgrades.labels(rejection.code).inc()
             raise
 
+    def client_address(self, peer: str, headers: Mapping[str, str]) -> str:
+        return self._addresses.resolve(peer, headers)
+
     def _check(
         self,
-        *,
         project_id: str,
         headers: Mapping[str, str],
         query: Mapping[str, str],
-        ip: str,
+        peer: str,
+        subprotocols: Sequence[str],
     ) -> Ticket:
         if not self._registry.accepting:
             raise Rejection(503, "shutting_down", "this instance is not accepting connections")
@@ -102,12 +127,24 @@ class Gatekeeper:
             )
         if not self._origins.allows(headers.get("origin"), headers.get("host")):
             raise Rejection(403, "origin_not_allowed", "this Origin may not open WebSockets here")
+        found = credentials(headers, query, subprotocols)
         try:
-            identity = self._auth.authenticate(bearer_token(headers, query), project_id)
+            identity = self._auth.authenticate(found.token, project_id)
         except AuthError as exc:
             raise Rejection(exc.status, exc.code, exc.message) from None
-        if not self._limiter.acquire(ip):
+        ip = self._addresses.resolve(peer, headers)
+        if not self._ip_limiter.acquire(ip):
             raise Rejection(
                 429, "too_many_connections", "too many open connections from this address"
             )
-        return Ticket(project_id=project_id, identity=identity, ip=ip, _limiter=self._limiter)
+        if not self._user_limiter.acquire(identity.user_id):
+            self._ip_limiter.release(ip)
+            raise Rejection(429, "too_many_connections", "too many open connections for this user")
+        return Ticket(
+            project_id=project_id,
+            identity=identity,
+            ip=ip,
+            subprotocol=found.subprotocol,
+            _ip_limiter=self._ip_limiter,
+            _user_limiter=self._user_limiter,
+        )

@@ -6,24 +6,25 @@ from collections import Counter
 
 
 class ConnectionLimiter:
-    """Counts open connections per client address and refuses those over the cap."""
+    """Counts open connections per key (a client address, a user) and refuses those over the
+    cap."""
 
-    def __init__(self, per_ip: int) -> None:
-        self._per_ip = per_ip
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
         self._open: Counter[str] = Counter()
 
-    def acquire(self, ip: str) -> bool:
-        if self._open[ip] >= self._per_ip:
+    def acquire(self, key: str) -> bool:
+        if self._open[key] >= self._limit:
             return False
-        self._open[ip] += 1
+        self._open[key] += 1
         return True
 
-    def release(self, ip: str) -> None:
-        remaining = self._open[ip] - 1
+    def release(self, key: str) -> None:
+        remaining = self._open[key] - 1
         if remaining > 0:
-            self._open[ip] = remaining
+            self._open[key] = remaining
         else:
-            self._open.pop(ip, None)
+            self._open.pop(key, None)
 
-    def open_connections(self, ip: str) -> int:
-        return self._open[ip]
+    def open_connections(self, key: str) -> int:
+        return self._open[key]

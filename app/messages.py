@@ -36,7 +36,9 @@ DURABLE_TYPES = frozenset(
     }
 )
 RELAYED_TYPES = EPHEMERAL_TYPES | DURABLE_TYPES
-SERVER_ONLY_TYPES = frozenset({"user_joined", "user_left", "presence_state", "pong", "error"})
+SERVER_ONLY_TYPES = frozenset(
+    {"user_joined", "user_left", "presence_state", "pong", "error", "auth_refreshed"}
+)
 MAX_ERROR_DETAILS = 10
 
 DocumentId = Annotated[str, Field(min_length=1, max_length=256)]
@@ -197,6 +199,17 @@ class CompilationFailed(_ClientMessage):
     payload: OpenPayload = OpenPayload()
 
 
+class AuthRefreshPayload(_Payload):
+    token: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+class AuthRefresh(_ClientMessage):
+    """A fresh token for the same user, extending the connection past the old token's `exp`."""
+
+    type: Literal["auth_refresh"]
+    payload: AuthRefreshPayload
+
+
 class Ping(_ClientMessage):
     type: Literal["ping"]
     payload: OpenPayload = OpenPayload()
@@ -212,6 +225,7 @@ ClientMessage = Annotated[
     | CompilationStarted
     | CompilationCompleted
     | CompilationFailed
+    | AuthRefresh
     | Ping,
     Field(discriminator="type"),
 ]
@@ -234,6 +248,10 @@ class PresenceStatePayload(BaseModel):
 class UserPresencePayload(BaseModel):
     user_id: str
     username: str
+
+
+class AuthRefreshedPayload(BaseModel):
+    expires_at: str = Field(description="The connection's new deadline, RFC 3339 UTC")
 
 
 class ErrorDetail(BaseModel):

@@ -81,7 +81,9 @@ class Metrics:
             registry=self.registry,
         )
         # Pre-bound children: labels() is a dict lookup plus a lock; fan-out happens per message.
-        known = RELAYED_TYPES | SERVER_ONLY_TYPES | {"ping", "invalid"}
+        known = (
+            RELAYED_TYPES | SERVER_ONLY_TYPES | {"ping", "auth_refresh", "invalid", "rate_limited"}
+        )
         self._sent = {name: self.messages_sent.labels(name) for name in known}
         self._received = {name: self.messages_received.labels(name) for name in known}
 

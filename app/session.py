@@ -1,42 +1,129 @@
-"""The life of one accepted WebSocket: join, read and dispatch messages, leave."""
+"""The life of one accepted WebSocket: join, read and dispatch messages, leave.
+
+Incoming messages pass, in order: the rate limit, validation, then dispatch. A connection that
+keeps sending refused messages is closed with 1008; one whose token runs out without an
+`auth_refresh` is closed with 4001.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from starlette.websockets import WebSocket
 
+from app.auth import AuthError, AuthService
 from app.connection import BacklogLimits, Connection
 from app.gatekeeper import Ticket
-from app.messages import MessageError, parse_client_message
+from app.messages import MessageError, parse_client_message, utc_timestamp
 from app.metrics import Metrics
+from app.ratelimit import StrikeCounter, TokenBucket
 from app.registry import RoomRegistry
 from app.transport import transport_of
 
 logger = logging.getLogger("texflow.session")
 
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_ACCESS_REVOKED = 4003
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    rate_per_second: float
+    burst: int
+    max_strikes: int
+    strike_window: float
+    expiry_warning: float
+    leeway: float
 
 
 def new_client_id() -> str:
     return secrets.token_hex(8)
 
 
+class _Expiry:
+    """The connection's deadline: a warning shortly before, a 4001 close at it."""
+
+    def __init__(
+        self, registry: RoomRegistry, connection: Connection, warning: float, leeway: float
+    ) -> None:
+        self._registry = registry
+        self._connection = connection
+        self._warning = warning
+        self._leeway = leeway
+        self._handles: list[asyncio.TimerHandle] = []
+        self.deadline = 0.0
+
+    def schedule(self, expires_at: float) -> None:
+        self.cancel()
+        self.deadline = expires_at + self._leeway
+        loop = asyncio.get_running_loop()
+        remaining = self.deadline - time.time()
+        self._handles = [
+            loop.call_later(max(0.0, remaining - self._warning), self._warn),
+            loop.call_later(max(0.0, remaining), self._expire),
+        ]
+
+    def cancel(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles = []
+
+    def _deadline_text(self) -> str:
+        return utc_timestamp(datetime.fromtimestamp(self.deadline, UTC))
+
+    def _warn(self) -> None:
+        self._registry.send(
+            self._connection,
+            "error",
+            {
+                "code": "token_expiring",
+                "message": "the token expires soon: send auth_refresh with a fresh one",
+                "expires_at": self._deadline_text(),
+            },
+        )
+
+    def _expire(self) -> None:
+        self._registry.send(
+            self._connection,
+            "error",
+            {
+                "code": "token_expired",
+                "message": "the token expired",
+                "expired_at": self._deadline_text(),
+            },
+        )
+        self._connection.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+
 class SessionHandler:
     """Runs accepted connections; one `run` call per WebSocket, for as long as it is open."""
 
-    def __init__(self, registry: RoomRegistry, metrics: Metrics, limits: BacklogLimits) -> None:
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        metrics: Metrics,
+        auth: AuthService,
+        backlog: BacklogLimits,
+        limits: SessionLimits,
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._auth = auth
+        self._backlog = backlog
         self._limits = limits
 
     async def run(self, websocket: WebSocket, ticket: Ticket) -> None:
-        # The ticket's per-IP slot is freed as soon as the socket is gone, before presence
-        # cleanup, so a client that sees `user_left` may reconnect at once.
+        # The ticket's slots are freed as soon as the socket is gone, before presence cleanup,
+        # so a client that sees `user_left` may reconnect at once.
         try:
-            await websocket.accept()
+            await websocket.accept(subprotocol=ticket.subprotocol)
             transport = transport_of(websocket.scope)
             if transport is None:
                 logger.error(
@@ -53,7 +140,7 @@ class SessionHandler:
                 project_id=ticket.project_id,
                 ip=ticket.ip,
                 transport=transport,
-                limits=self._limits,
+                limits=self._backlog,
                 observer=self._metrics,
             )
             await self._serve(websocket, connection, ticket)
@@ -70,11 +157,16 @@ class SessionHandler:
             "client_id": connection.client_id,
         }
         logger.info("connected", extra={"event": "ws_connected", **fields})
+        expiry = _Expiry(
+            self._registry, connection, self._limits.expiry_warning, self._limits.leeway
+        )
         code, reason = 1006, ""
         try:
             await self._registry.join(connection)
-            code, reason = await self._read(websocket, connection)
+            expiry.schedule(ticket.identity.expires_at)
+            code, reason = await self._read(websocket, connection, expiry)
         finally:
+            expiry.cancel()
             ticket.release()
             await self._registry.leave(connection)
             duration = time.monotonic() - started
@@ -91,46 +183,93 @@ class SessionHandler:
                 },
             )
 
-    async def _read(self, websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+    async def _read(
+        self, websocket: WebSocket, connection: Connection, expiry: _Expiry
+    ) -> tuple[int, str]:
         """Dispatch incoming messages until the peer leaves; returns the close code and reason."""
+        limits = self._limits
+        clock = time.monotonic
+        bucket = TokenBucket(limits.rate_per_second, limits.burst, clock())
+        strikes = StrikeCounter(limits.max_strikes, limits.strike_window)
         receive = websocket.receive
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code") or 1005), str(message.get("reason") or "")
-            text = message.get("text")
-            if text is None:
-                self._refuse(
+            now = clock()
+            if not bucket.allow(now):
+                self._metrics.received("rate_limited")
+                self._registry.send(
                     connection,
-                    MessageError(
-                        "unsupported_frame", "binary frames are not supported: send JSON text"
-                    ),
+                    "error",
+                    {"code": "rate_limited", "message": "too many messages: this one was dropped"},
                 )
-                continue
-            try:
-                self._dispatch(connection, text)
-            except Exception:
-                # A fault of ours must not cost this client its connection, nor reach it.
-                logger.exception(
-                    "message handling failed",
-                    extra={"event": "ws_internal_error", "client_id": connection.client_id},
+                accepted = False
+            else:
+                accepted = self._handle(connection, message.get("text"), expiry)
+            if not accepted and strikes.strike(now):
+                logger.info(
+                    "closing a connection that keeps sending refused messages",
+                    extra={"event": "ws_abuse", "client_id": connection.client_id},
                 )
-                self._refuse(
-                    connection, MessageError("internal_error", "the message was not processed")
-                )
+                connection.close(CLOSE_POLICY_VIOLATION, "too many refused messages")
 
-    def _dispatch(self, connection: Connection, text: str) -> None:
+    def _handle(self, connection: Connection, text: str | None, expiry: _Expiry) -> bool:
+        """Handle one message within the rate limit; False when it was refused."""
+        if text is None:
+            return self._refuse(
+                connection,
+                MessageError(
+                    "unsupported_frame", "binary frames are not supported: send JSON text"
+                ),
+            )
         try:
             message = parse_client_message(text)
         except MessageError as error:
-            self._refuse(connection, error)
-            return
-        self._metrics.received(message.type)
-        if message.type == "ping":
-            self._registry.send(connection, "pong", message.payload.relay())
-        else:
-            self._registry.relay(connection, message.type, message.payload.relay())
+            return self._refuse(connection, error)
+        try:
+            self._metrics.received(message.type)
+            if message.type == "ping":
+                self._registry.send(connection, "pong", message.payload.relay())
+            elif message.type == "auth_refresh":
+                return self._refresh(connection, message.payload.token, expiry)
+            else:
+                self._registry.relay(connection, message.type, message.payload.relay())
+        except Exception:
+            # A fault of ours must not cost this client its connection, nor reach it.
+            logger.exception(
+                "message handling failed",
+                extra={"event": "ws_internal_error", "client_id": connection.client_id},
+            )
+            self._registry.send(
+                connection,
+                "error",
+                {"code": "internal_error", "message": "the message was not processed"},
+            )
+        return True
 
-    def _refuse(self, connection: Connection, error: MessageError) -> None:
+    def _refresh(self, connection: Connection, token: str, expiry: _Expiry) -> bool:
+        try:
+            identity = self._auth.verify(token)
+        except AuthError as exc:
+            return self._refuse(connection, MessageError("invalid_token", exc.message))
+        if identity.user_id != connection.user_id or not identity.may_join(connection.project_id):
+            self._registry.send(
+                connection,
+                "error",
+                {"code": "forbidden", "message": "the new token is for another user or project"},
+            )
+            connection.close(CLOSE_ACCESS_REVOKED, "token refused")
+            return True
+        expiry.schedule(identity.expires_at)
+        self._registry.send(
+            connection,
+            "auth_refreshed",
+            {"expires_at": utc_timestamp(datetime.fromtimestamp(expiry.deadline, UTC))},
+        )
+        return True
+
+    def _refuse(self, connection: Connection, error: MessageError) -> bool:
         self._metrics.received("invalid")
         self._registry.send(connection, "error", error.payload())
+        return False

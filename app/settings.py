@@ -5,6 +5,7 @@ Only `create_app`, the container and the command line read these; services get p
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,18 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in (env.get(name) or "").split(",") if p.strip())
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"{name}: expected IP addresses or CIDR networks, got {part!r}"
+            ) from None
+    return parts
+
+
 def _origins(raw: str | None) -> tuple[str, ...] | None:
     parts = tuple(p.strip().rstrip("/").lower() for p in (raw or "").split(",") if p.strip())
     return parts or None
@@ -121,6 +134,17 @@ class Settings:
     send_queue_bytes: int = 4 * 1024 * 1024
     max_message_size: int = 524_288
     max_connections_per_ip: int = 100
+    max_connections_per_user: int = 20
+    # Peers whose X-Forwarded-For is believed (addresses or CIDR networks).
+    trusted_proxies: tuple[str, ...] = ()
+    rate_limit_per_second: float = 100.0
+    rate_limit_burst: int = 200
+    abuse_max_strikes: int = 20
+    abuse_window: float = 10.0
+    token_expiry_warning: float = 60.0
+    stats_required_role: str | None = None
+    handshake_timeout: float = 10.0
+    max_header_bytes: int = 16384
     # None means the environment's default: any origin in development, same-origin in production.
     allowed_origins: tuple[str, ...] | None = None
     log_level: LogLevel = "info"
@@ -182,6 +206,16 @@ class Settings:
             send_queue_bytes=_integer(env, "WS_SEND_QUEUE_BYTES", 4 * 1024 * 1024, 1024),
             max_message_size=_integer(env, "MAX_MESSAGE_SIZE", 524_288, 1024),
             max_connections_per_ip=_integer(env, "MAX_CONNECTIONS_PER_IP", 100, 1),
+            max_connections_per_user=_integer(env, "MAX_CONNECTIONS_PER_USER", 20, 1),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+            rate_limit_per_second=float(_integer(env, "RATE_LIMIT_PER_SECOND", 100, 1)),
+            rate_limit_burst=_integer(env, "RATE_LIMIT_BURST", 200, 1),
+            abuse_max_strikes=_integer(env, "ABUSE_MAX_STRIKES", 20, 1),
+            abuse_window=_positive_duration(env, "ABUSE_WINDOW", "10s"),
+            token_expiry_warning=_positive_duration(env, "TOKEN_EXPIRY_WARNING", "60s"),
+            stats_required_role=(env.get("STATS_REQUIRED_ROLE") or "").strip() or None,
+            handshake_timeout=_positive_duration(env, "HANDSHAKE_TIMEOUT", "10s"),
+            max_header_bytes=_integer(env, "MAX_HEADER_BYTES", 16384, 1024),
             allowed_origins=_origins(env.get("ALLOWED_ORIGINS")),
             log_level=_choice(  # type: ignore[arg-type]
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")

@@ -18,13 +18,14 @@ logger = logging.getLogger("texflow.ws")
 async def project_socket(
     websocket: WebSocket, project_id: str, gatekeeper: GatekeeperDep, sessions: SessionsDep
 ) -> None:
-    ip = websocket.client.host if websocket.client else "unknown"
+    peer = websocket.client.host if websocket.client else "unknown"
     try:
         ticket = gatekeeper.admit(
             project_id=project_id,
             headers=websocket.headers,
             query=websocket.query_params,
-            ip=ip,
+            peer=peer,
+            subprotocols=websocket.scope.get("subprotocols", []),
         )
     except Rejection as rejection:
         logger.info(
@@ -33,7 +34,7 @@ async def project_socket(
                 "event": "ws_rejected",
                 "code": rejection.code,
                 "status": rejection.status,
-                "ip": ip,
+                "ip": gatekeeper.client_address(peer, websocket.headers),
             },
         )
         headers = {"WWW-Authenticate": "Bearer"} if rejection.status == 401 else None

@@ -42,6 +42,9 @@ class ServerProcess:
             "WEBSOCKET_SERVICE_PORT": str(self.port),
             "JWT_SECRET": TEST_SECRET,
             "LOG_LEVEL": "info",
+            # Most tests send faster than any person types; the rate-limit tests set their own.
+            "RATE_LIMIT_PER_SECOND": "1000000",
+            "RATE_LIMIT_BURST": "1000000",
             **(env or {}),
         }
         self._dir = tempfile.TemporaryDirectory(prefix="texflow-server-")

@@ -8,10 +8,11 @@ import pytest
 
 from app.auth import AuthService, issue_token
 from app.broadcaster import MemoryBroadcaster
-from app.gatekeeper import Gatekeeper, Rejection, Ticket, bearer_token
+from app.gatekeeper import Gatekeeper, Rejection, Ticket, credentials
 from app.limits import ConnectionLimiter
 from app.metrics import Metrics
 from app.origins import OriginPolicy
+from app.proxies import ClientAddressResolver
 from app.registry import RoomRegistry
 
 SECRET = "gatekeeper-secret-" + "g" * 32
@@ -37,7 +38,7 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def limiter() -> ConnectionLimiter:
-    return ConnectionLimiter(per_ip=CAP)
+    return ConnectionLimiter(limit=CAP)
 
 
 @pytest.fixture
@@ -50,7 +51,10 @@ def registry(metrics: Metrics) -> RoomRegistry:
 @pytest.fixture
 def gatekeeper(metrics: Metrics, limiter: ConnectionLimiter, registry: RoomRegistry) -> Gatekeeper:
     auth = AuthService(hs256_secret=SECRET, rs256_public_key=None, leeway=10)
-    return Gatekeeper(auth, OriginPolicy(()), limiter, metrics, registry)
+    users = ConnectionLimiter(limit=1000)
+    return Gatekeeper(
+        auth, OriginPolicy(()), limiter, users, ClientAddressResolver(()), metrics, registry
+    )
 
 
 def token(user_id: str = "alice", projects: list[str] | None = None) -> str:
@@ -78,7 +82,7 @@ def admit(
         project_id=project_id,
         headers=headers() if header_map is None else header_map,
         query={"token": token()} if query is None else query,
-        ip=ip,
+        peer=ip,
     )
 
 
@@ -299,14 +303,14 @@ def test_bad_bearer_header_is_not_rescued_by_a_good_query_token(
     ],
 )
 def test_bearer_token_extraction(authorization: str, expected: str) -> None:
-    found = bearer_token({"authorization": authorization}, {"token": "query-token"})
+    found = credentials({"authorization": authorization}, {"token": "query-token"}, []).token
 
     assert found == expected
 
 
 def test_bearer_token_is_none_without_any_token() -> None:
-    assert bearer_token({}, {}) is None
-    assert bearer_token({}, {"token": ""}) is None
+    assert credentials({}, {}, []).token is None
+    assert credentials({}, {"token": ""}, []).token is None
 
 
 # Metrics
@@ -341,3 +345,86 @@ def test_admitted_upgrades_are_not_counted_as_rejections(
 
     for code in CODES:
         assert rejected(metrics, code) == 0
+
+
+# Subprotocol token, per-user cap, forwarded addresses
+
+
+def test_bearer_subprotocol_comes_first_and_is_selected(gatekeeper: Gatekeeper) -> None:
+    ticket = gatekeeper.admit(
+        project_id="p1",
+        headers=headers(authorization="Bearer not-a-valid-token"),
+        query={"token": "not-valid-either"},
+        peer=IP,
+        subprotocols=["bearer", token("sub-user")],
+    )
+    assert (ticket.identity.user_id, ticket.subprotocol) == ("sub-user", "bearer")
+
+
+def test_bearer_subprotocol_without_a_token_is_401(gatekeeper: Gatekeeper) -> None:
+    with pytest.raises(Rejection) as info:
+        gatekeeper.admit(
+            project_id="p1", headers=headers(), query={}, peer=IP, subprotocols=["bearer"]
+        )
+    assert (info.value.status, info.value.code) == (401, "unauthorized")
+
+
+def test_credentials_without_subprotocol_select_none() -> None:
+    found = credentials({"authorization": "Bearer h"}, {"token": "q"}, ["chat"])
+    assert (found.token, found.subprotocol) == ("h", None)
+
+
+def test_per_user_cap_refuses_with_429_and_frees_the_ip_slot(
+    metrics: Metrics, registry: RoomRegistry
+) -> None:
+    auth = AuthService(hs256_secret=SECRET, rs256_public_key=None, leeway=10)
+    ips, users = ConnectionLimiter(limit=100), ConnectionLimiter(limit=2)
+    keeper = Gatekeeper(
+        auth, OriginPolicy(()), ips, users, ClientAddressResolver(()), metrics, registry
+    )
+    first = admit(keeper)
+    admit(keeper)
+    with pytest.raises(Rejection) as info:
+        admit(keeper)
+    assert (info.value.status, info.value.code) == (429, "too_many_connections")
+    assert "user" in info.value.message
+    assert ips.open_connections(IP) == 2
+    first.release()
+    assert admit(keeper).identity.user_id == "alice"
+    assert admit(keeper, query={"token": token("bob")}).identity.user_id == "bob"
+
+
+def test_forwarded_address_counts_only_behind_a_trusted_proxy(
+    metrics: Metrics, registry: RoomRegistry
+) -> None:
+    auth = AuthService(hs256_secret=SECRET, rs256_public_key=None, leeway=10)
+    keeper = Gatekeeper(
+        auth,
+        OriginPolicy(()),
+        ConnectionLimiter(limit=1),
+        ConnectionLimiter(limit=100),
+        ClientAddressResolver(["10.0.0.0/8"]),
+        metrics,
+        registry,
+    )
+    forwarded = {**headers(), "x-forwarded-for": "198.51.100.7"}
+    assert (
+        keeper.admit(
+            project_id="p1", headers=forwarded, query={"token": token()}, peer="10.1.2.3"
+        ).ip
+        == "198.51.100.7"
+    )
+    # Another client behind the same proxy has its own slot...
+    other = {**headers(), "x-forwarded-for": "198.51.100.8"}
+    assert (
+        keeper.admit(project_id="p1", headers=other, query={"token": token()}, peer="10.1.2.3").ip
+        == "198.51.100.8"
+    )
+    # ...but an untrusted peer's header is ignored: the peer itself is counted.
+    spoofed = {**headers(), "x-forwarded-for": "203.0.113.99"}
+    assert (
+        keeper.admit(
+            project_id="p1", headers=spoofed, query={"token": token()}, peer="192.0.2.1"
+        ).ip
+        == "192.0.2.1"
+    )

@@ -6,7 +6,7 @@ from app.limits import ConnectionLimiter
 
 
 def test_acquire_succeeds_up_to_the_cap() -> None:
-    limiter = ConnectionLimiter(per_ip=2)
+    limiter = ConnectionLimiter(limit=2)
 
     assert limiter.acquire("10.0.0.1")
     assert limiter.acquire("10.0.0.1")
@@ -15,7 +15,7 @@ def test_acquire_succeeds_up_to_the_cap() -> None:
 
 
 def test_refused_acquire_takes_no_slot() -> None:
-    limiter = ConnectionLimiter(per_ip=1)
+    limiter = ConnectionLimiter(limit=1)
     limiter.acquire("10.0.0.1")
 
     assert not limiter.acquire("10.0.0.1")
@@ -24,7 +24,7 @@ def test_refused_acquire_takes_no_slot() -> None:
 
 
 def test_addresses_are_counted_separately() -> None:
-    limiter = ConnectionLimiter(per_ip=1)
+    limiter = ConnectionLimiter(limit=1)
 
     assert limiter.acquire("10.0.0.1")
     assert limiter.acquire("10.0.0.2")
@@ -33,7 +33,7 @@ def test_addresses_are_counted_separately() -> None:
 
 
 def test_release_frees_a_slot() -> None:
-    limiter = ConnectionLimiter(per_ip=2)
+    limiter = ConnectionLimiter(limit=2)
     limiter.acquire("10.0.0.1")
     limiter.acquire("10.0.0.1")
 
@@ -45,7 +45,7 @@ def test_release_frees_a_slot() -> None:
 
 
 def test_releasing_the_last_slot_leaves_none_open() -> None:
-    limiter = ConnectionLimiter(per_ip=1)
+    limiter = ConnectionLimiter(limit=1)
     limiter.acquire("10.0.0.1")
 
     limiter.release("10.0.0.1")
@@ -55,4 +55,4 @@ def test_releasing_the_last_slot_leaves_none_open() -> None:
 
 
 def test_unknown_address_has_no_open_connections() -> None:
-    assert ConnectionLimiter(per_ip=5).open_connections("192.0.2.1") == 0
+    assert ConnectionLimiter(limit=5).open_connections("192.0.2.1") == 0
