@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import uvicorn
 from fastapi import FastAPI
 
+from app.handshake import http_protocol_class
 from app.logs import log_config
 from app.settings import Settings
 from app.transport import protocol_class
@@ -31,6 +32,7 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol_class(settings.handshake_timeout, settings.max_header_bytes),
         ws=protocol_class(settings.ws_write_wait),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ws_ping_interval,
