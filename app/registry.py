@@ -19,6 +19,10 @@ from app.metrics import Metrics
 logger = logging.getLogger("texflow.registry")
 
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_ACCESS_REVOKED = 4003
+# A control event between instances: close a user's connections in the project.
+REVOKE = "texflow.revoke"
+SERVICE_CLIENT_ID = "service"
 
 
 class Room:
@@ -196,14 +200,58 @@ class RoomRegistry:
         connection.deliver(data, message_type, "server")
         self._metrics.sent(message_type)
 
+    def publish_event(
+        self,
+        project_id: str,
+        message_type: str,
+        payload: Mapping[str, Any],
+        *,
+        user_id: str,
+        username: str,
+    ) -> int:
+        """A backend service's event for every connection of the project, on every instance.
+        Returns how many connections on this instance got it."""
+        data = encode_envelope(
+            message_type, payload, user_id=user_id, username=username, client_id=SERVICE_CLIENT_ID
+        )
+        event = RoomEvent(project_id, message_type, data, sender=SERVICE_CLIENT_ID)
+        delivered = self._fan_out(event)
+        self._broadcaster.publish(event)
+        return delivered
+
+    def revoke(self, project_id: str, user_id: str) -> int:
+        """Close the user's connections in the project with 4003, on every instance.
+        Returns how many were open on this instance."""
+        closed = self._close_user(project_id, user_id)
+        self._broadcaster.publish(
+            RoomEvent(project_id, REVOKE, user_id.encode(), sender=SERVICE_CLIENT_ID)
+        )
+        return closed
+
+    def _close_user(self, project_id: str, user_id: str) -> int:
+        room = self._rooms.get(project_id)
+        if room is None:
+            return 0
+        doomed = [c for c in room.connections.values() if c.user_id == user_id]
+        for connection in doomed:
+            self.send(
+                connection,
+                "error",
+                {"code": "access_revoked", "message": "access to this project was revoked"},
+            )
+            connection.close(CLOSE_ACCESS_REVOKED, "access revoked")
+        return len(doomed)
+
     def _announce(self, connection: Connection, message_type: str) -> None:
         payload = {"user_id": connection.user_id, "username": connection.username}
         self.relay(connection, message_type, payload)
 
-    def _fan_out(self, event: RoomEvent) -> None:
+    def _fan_out(self, event: RoomEvent) -> int:
+        if event.message_type == REVOKE:
+            return self._close_user(event.project_id, event.data.decode())
         room = self._rooms.get(event.project_id)
         if room is None:
-            return
+            return 0
         room.last_activity = time.time()
         delivered = 0
         exclude = event.exclude
@@ -212,6 +260,7 @@ class RoomRegistry:
                 connection.deliver(event.data, event.message_type, event.sender)
                 delivered += 1
         self._metrics.sent(event.message_type, delivered)
+        return delivered
 
     # Listener
 

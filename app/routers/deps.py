@@ -44,8 +44,14 @@ def _sessions(connection: HTTPConnection) -> SessionHandler:
     return container_of(connection).sessions()
 
 
+def _stats_role(connection: HTTPConnection) -> str | None:
+    role: str | None = container_of(connection).settings().stats_required_role
+    return role
+
+
 AuthDep = Annotated[AuthService, Depends(_auth)]
 RegistryDep = Annotated[RoomRegistry, Depends(_registry)]
 BroadcasterDep = Annotated[Broadcaster, Depends(_broadcaster)]
 GatekeeperDep = Annotated[Gatekeeper, Depends(_gatekeeper)]
 SessionsDep = Annotated[SessionHandler, Depends(_sessions)]
+StatsRoleDep = Annotated[str | None, Depends(_stats_role)]

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from app.auth import AuthError
-from app.routers.deps import AuthDep, BroadcasterDep, RegistryDep
+from app.routers.deps import AuthDep, BroadcasterDep, RegistryDep, StatsRoleDep
 from app.routers.errors import ApiError, ErrorResponse
 
 router = APIRouter(tags=["stats"])
@@ -51,18 +51,24 @@ class StatsResponse(BaseModel):
     "/stats",
     response_model=StatsResponse,
     summary="Rooms and connections on this instance",
-    responses={401: {"model": ErrorResponse, "description": "Missing or invalid token"}},
+    responses={
+        401: {"model": ErrorResponse, "description": "Missing or invalid token"},
+        403: {"model": ErrorResponse, "description": "The token lacks STATS_REQUIRED_ROLE"},
+    },
 )
 async def stats(
     auth: AuthDep,
     registry: RegistryDep,
     broadcaster: BroadcasterDep,
+    required_role: StatsRoleDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> StatsResponse:
     try:
-        auth.verify(credentials.credentials if credentials else None)
+        identity = auth.verify(credentials.credentials if credentials else None)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", exc.message, {"WWW-Authenticate": "Bearer"}) from None
+    if required_role is not None and required_role not in identity.roles:
+        raise ApiError(403, "forbidden", f"expected a token with the role {required_role!r}")
     rooms = [
         RoomStats(
             room_id=room.room_id,

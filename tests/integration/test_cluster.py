@@ -370,3 +370,33 @@ async def test_sigterm_drains_with_1012_and_flips_readiness(redis_server: RedisS
         [drain] = [e for e in events if e.get("event") == "drain_started"]
         assert drain["connections"] == 2
         assert events[-2]["message"] == "Application shutdown complete."
+
+
+async def test_service_event_and_revoke_reach_every_instance(pair: list[ServerProcess]) -> None:
+    one, two = pair
+    project = f"svc-{uuid.uuid4().hex[:6]}"
+    service = one.token("compile-service", extra={"roles": ["service"]})
+    headers = {"Authorization": f"Bearer {service}"}
+    async with (
+        member(one.ws_url(project, one.token("ann"))) as (ann, _),
+        member(two.ws_url(project, two.token("bob"))) as (bob, _),
+        member(two.ws_url(project, two.token("cat"))) as (cat, _),
+    ):
+        await receive_type(ann, "user_joined")
+        await receive_type(ann, "user_joined")
+        await receive_type(bob, "user_joined")
+        async with httpx.AsyncClient(base_url=one.http_url, headers=headers) as http:
+            event = {"type": "compilation_failed", "payload": {"error": "Undefined control"}}
+            response = await http.post(f"/internal/projects/{project}/events", json=event)
+            assert response.json() == {"local_recipients": 1}
+            for ws in (ann, bob, cat):
+                assert (await receive_type(ws, "compilation_failed"))["payload"] == event["payload"]
+            # Revoked through instance one, bob's connection on instance two closes.
+            revoke = await http.post(
+                f"/internal/projects/{project}/disconnect", json={"user_id": "bob"}
+            )
+            assert revoke.json() == {"closed_locally": 0}
+        assert (await receive_type(bob, "error"))["payload"]["code"] == "access_revoked"
+        assert await close_code(bob) == 4003
+        assert (await receive_type(ann, "user_left"))["user_id"] == "bob"
+        assert (await receive_type(cat, "user_left"))["user_id"] == "bob"

@@ -1,0 +1,120 @@
+"""The service-to-service API: backend services publish events and revoke access."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.auth import AuthError, Identity
+from app.gatekeeper import PROJECT_ID
+from app.messages import OpenPayload
+from app.routers.deps import AuthDep, RegistryDep
+from app.routers.errors import ApiError, ErrorResponse
+
+SERVICE_ROLE = "service"
+MAX_BODY_BYTES = 1024 * 1024
+
+service_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="serviceAuth",
+    description="A JWT whose `roles` claim contains `service`; users' tokens get 403.",
+)
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorResponse, "description": "Invalid project id"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid token"},
+    403: {"model": ErrorResponse, "description": "The token has no `service` role"},
+    413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+}
+
+
+def service_identity(
+    auth: AuthDep,
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(service_bearer)],
+) -> Identity:
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes")
+    try:
+        identity = auth.verify(credentials.credentials if credentials else None)
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", exc.message, {"WWW-Authenticate": "Bearer"}) from None
+    if SERVICE_ROLE not in identity.roles:
+        raise ApiError(403, "forbidden", "this endpoint is for services: expected role 'service'")
+    return identity
+
+
+ServiceDep = Annotated[Identity, Depends(service_identity)]
+ProjectId = Annotated[str, Path(description="1-128 characters of A-Z a-z 0-9 _ . -")]
+
+
+def _checked(project_id: str) -> str:
+    if PROJECT_ID.fullmatch(project_id) is None:
+        raise ApiError(
+            400,
+            "invalid_project_id",
+            "expected a project id of 1-128 characters from A-Z a-z 0-9 _ . -",
+        )
+    return project_id
+
+
+class ProjectEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal[
+        "compilation_started", "compilation_completed", "compilation_failed", "document_update"
+    ]
+    payload: OpenPayload = Field(default_factory=OpenPayload)
+
+
+class EventAccepted(BaseModel):
+    local_recipients: int = Field(description="Connections on this instance that got it")
+
+
+class Revocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+
+
+class RevocationAccepted(BaseModel):
+    closed_locally: int = Field(description="Connections this instance closed with 4003")
+
+
+router = APIRouter(prefix="/internal", tags=["internal"])
+
+
+@router.post(
+    "/projects/{project_id}/events",
+    status_code=202,
+    response_model=EventAccepted,
+    summary="Publish an event to every connection of the project, on every instance",
+    responses=ERRORS,
+)
+async def publish_event(
+    project_id: ProjectId, event: ProjectEvent, service: ServiceDep, registry: RegistryDep
+) -> EventAccepted:
+    delivered = registry.publish_event(
+        _checked(project_id),
+        event.type,
+        event.payload.relay(),
+        user_id=service.user_id,
+        username=service.username,
+    )
+    return EventAccepted(local_recipients=delivered)
+
+
+@router.post(
+    "/projects/{project_id}/disconnect",
+    status_code=202,
+    response_model=RevocationAccepted,
+    summary="Close a user's connections in the project with 4003, on every instance",
+    responses=ERRORS,
+)
+async def disconnect_user(
+    project_id: ProjectId, body: Revocation, service: ServiceDep, registry: RegistryDep
+) -> RevocationAccepted:
+    return RevocationAccepted(closed_locally=registry.revoke(_checked(project_id), body.user_id))
