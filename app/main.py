@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.container import Container
-from app.routers import health, internal, stats, ws
+from app.routers import asyncapi, health, internal, stats, ws
 from app.routers.errors import ApiError, error_response
 from app.settings import Settings
 
@@ -49,6 +49,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(health.router)
     app.include_router(stats.router)
     app.include_router(internal.router)
+    app.include_router(asyncapi.router)
     app.include_router(ws.router)
 
     cors_origins = container.origins().cors_origins
