@@ -39,6 +39,7 @@ def redis_client(addr: str, password: str | None) -> Redis:
 
 
 def broadcaster_for(settings: Settings, metrics: Metrics) -> Broadcaster:
+    metrics.broadcaster_info.labels("redis" if settings.redis_addr else "memory").set(1)
     if not settings.redis_addr:
         return MemoryBroadcaster(instance_id=settings.instance_id)
     return RedisBroadcaster(

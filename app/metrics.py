@@ -36,6 +36,23 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        self.connections = Counter(
+            "websocket_connections_total",
+            "WebSocket connections accepted.",
+            registry=self.registry,
+        )
+        self.disconnections = Counter(
+            "websocket_disconnections_total",
+            "WebSocket connections ended, by close code (1006: no close frame).",
+            ["code"],
+            registry=self.registry,
+        )
+        self.broadcaster_info = Gauge(
+            "websocket_broadcaster_info",
+            "1 for the broadcaster in use: backend 'redis' or 'memory'.",
+            ["backend"],
+            registry=self.registry,
+        )
         self.connection_duration = Histogram(
             "websocket_connection_duration_seconds",
             "How long WebSocket connections stayed open.",

@@ -150,6 +150,7 @@ class SessionHandler:
     async def _serve(self, websocket: WebSocket, connection: Connection, ticket: Ticket) -> None:
         metrics = self._metrics
         metrics.active_connections.inc()
+        metrics.connections.inc()
         started = time.monotonic()
         fields = {
             "user_id": connection.user_id,
@@ -172,6 +173,7 @@ class SessionHandler:
             duration = time.monotonic() - started
             metrics.active_connections.dec()
             metrics.connection_duration.observe(duration)
+            metrics.disconnections.labels(str(code)).inc()
             logger.info(
                 "disconnected",
                 extra={

@@ -126,6 +126,12 @@ async def test_metrics_count_connections_rooms_and_messages(
         assert grew("websocket_messages_sent_total", "user_joined") == 1
     await send_and_wait_closed(server)
     text = (await http.get("/metrics")).text
+    after = samples(text)
+    assert after[("websocket_broadcaster_info", (("backend", "memory"),))] == 1
+    accepted = ("websocket_connections_total", ())
+    assert after[accepted] - before.get(accepted, 0.0) == 3  # ann, bob and the probe
+    normal = ("websocket_disconnections_total", (("code", "1000"),))
+    assert after[normal] - before.get(normal, 0.0) >= 2
     assert "websocket_connection_duration_seconds_bucket" in text
     assert "http_requests_total" in text
     assert "http_request_duration_seconds" in text
