@@ -148,6 +148,8 @@ class Settings:
     # None means the environment's default: any origin in development, same-origin in production.
     allowed_origins: tuple[str, ...] | None = None
     log_level: LogLevel = "info"
+    # Serves /demo in production too; its token endpoint stays development-only regardless.
+    demo_enabled: bool = False
 
     @property
     def is_production(self) -> bool:
@@ -220,6 +222,7 @@ class Settings:
             log_level=_choice(  # type: ignore[arg-type]
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            demo_enabled=_boolean(env, "DEMO_ENABLED", False),
         )
         settings.check()
         return settings

@@ -1,0 +1,135 @@
+"""The browser demo at `/demo` and the development-token endpoint it calls.
+
+On in development; in production only the page, with DEMO_ENABLED=true, and never the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from jose import jwt
+from pydantic import BaseModel
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from app.auth import issue_token
+from app.gatekeeper import PROJECT_ID
+from app.routers.deps import container_of
+from app.routers.errors import ApiError
+from app.settings import Settings
+
+USER_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+TOKEN_TTL = 3600.0
+MAX_BODY_BYTES = 4096
+
+# The page loads nothing but its own two files and talks only to this origin, so the policy
+# can forbid everything else, inline scripts included.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+router = APIRouter(tags=["demo"], include_in_schema=False)
+
+
+class DemoToken(BaseModel):
+    token: str
+    expires_at: int
+
+
+def _settings(connection: HTTPConnection) -> Settings:
+    settings: Settings = container_of(connection).settings()
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def _not_found() -> ApiError:
+    # The same answer as an unknown path, so a disabled demo does not announce itself.
+    return ApiError(404, "not_found", "Not Found")
+
+
+def _page_enabled(settings: Settings) -> None:
+    if settings.is_production and not settings.demo_enabled:
+        raise _not_found()
+
+
+@cache
+def _static(name: str) -> bytes:
+    return resources.files("app").joinpath("static", name).read_bytes()
+
+
+def _asset(settings: Settings, name: str, media_type: str) -> Response:
+    _page_enabled(settings)
+    return Response(_static(name), media_type=media_type, headers=SECURITY_HEADERS)
+
+
+@router.get("/demo")
+async def demo_page(settings: SettingsDep) -> Response:
+    return _asset(settings, "demo.html", "text/html; charset=utf-8")
+
+
+@router.get("/demo/demo.js")
+async def demo_script(settings: SettingsDep) -> Response:
+    return _asset(settings, "demo.js", "text/javascript; charset=utf-8")
+
+
+@router.get("/demo/demo.css")
+async def demo_style(settings: SettingsDep) -> Response:
+    return _asset(settings, "demo.css", "text/css; charset=utf-8")
+
+
+async def _json_body(request: Request) -> object:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        raise ApiError(
+            400, "invalid_json", 'expected a JSON object {"user": ..., "project": ...}'
+        ) from None
+
+
+@router.post("/demo/token")
+async def demo_token(request: Request, settings: SettingsDep) -> DemoToken:
+    """Mint a short-lived HS256 token for one user in one project (development only)."""
+    # Anyone who can reach this endpoint can be anyone, so it never exists in production,
+    # whatever DEMO_ENABLED says: there the page asks for a token from the web app instead.
+    if settings.is_production:
+        raise _not_found()
+    if not settings.jwt_secret:
+        raise ApiError(
+            404,
+            "not_found",
+            "minting demo tokens needs JWT_SECRET (HS256): paste a token into the page instead",
+        )
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", 'expected a JSON object {"user": ..., "project": ...}')
+    user, project = body.get("user"), body.get("project")
+    if not isinstance(user, str) or USER_ID.fullmatch(user) is None:
+        raise ApiError(400, "invalid_user", "expected user: 1-64 characters from A-Z a-z 0-9 _ . -")
+    if not isinstance(project, str) or PROJECT_ID.fullmatch(project) is None:
+        raise ApiError(
+            400,
+            "invalid_project_id",
+            "expected project: 1-128 characters from A-Z a-z 0-9 _ . -",
+        )
+    token = issue_token(
+        settings.jwt_secret, user_id=user, username=user, projects=[project], ttl=TOKEN_TTL
+    )
+    return DemoToken(token=token, expires_at=int(jwt.get_unverified_claims(token)["exp"]))
