@@ -51,6 +51,7 @@ def _serve(settings: Settings) -> None:
             "\ntexflow-websocket (development)\n"
             f"  health:  http://{host}:{settings.port}/health\n"
             f"  docs:    http://{host}:{settings.port}/docs\n"
+            f"  demo:    http://{host}:{settings.port}/demo (open it in two tabs)\n"
             f"  connect: ws://{host}:{settings.port}/ws/demo?token={token}\n"
             "  more tokens: make token USER=bob PROJECT=demo\n",
             file=sys.stderr,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.container import Container
-from app.routers import asyncapi, health, internal, stats, ws
+from app.routers import asyncapi, demo, health, internal, stats, ws
 from app.routers.errors import ApiError, error_response
 from app.settings import Settings
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(internal.router)
     app.include_router(asyncapi.router)
     app.include_router(ws.router)
+    app.include_router(demo.router)
 
     cors_origins = container.origins().cors_origins
     if cors_origins:
