@@ -8,7 +8,7 @@ IMAGE ?= texflow-websocket
 USER ?= alice
 PROJECT ?= demo
 
-.PHONY: install run run-cluster token test lint format docker-build clean
+.PHONY: install run run-cluster token test lint format docker-build clean bench
 
 $(STAMP): pyproject.toml config/constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is required, found " + sys.version.split()[0])'
@@ -34,6 +34,10 @@ token: $(STAMP)
 ## test: lint, then the whole suite (integration tests start their own servers)
 test: lint
 	$(BIN)/python -m pytest
+
+## bench: the performance benchmark against a reference relay (about 15 minutes; docs/performance.md)
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
