@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -20,18 +19,6 @@ DEMO_FILES = {
     "/demo/demo.js": "text/javascript",
     "/demo/demo.css": "text/css",
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as running:
-        yield running
-
-
-@pytest.fixture
-async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http_url) as client:
-        yield client
 
 
 async def test_development_serves_the_page_and_its_files(http: httpx.AsyncClient) -> None:

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import member, receive, receive_type, send
-from tests.support.server import ServerProcess, running_server
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as running:
-        yield running
-
-
-@pytest.fixture
-async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http_url) as client:
-        yield client
 
 
 async def test_health(http: httpx.AsyncClient) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import httpx
 import pytest
 
@@ -11,18 +9,6 @@ from tests.support.clients import close_code, member, receive, receive_type, sen
 from tests.support.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as running:
-        yield running
-
-
-@pytest.fixture
-async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.http_url) as client:
-        yield client
 
 
 def bearer(token: str) -> dict[str, str]:

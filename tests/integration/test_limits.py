@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import anyio
 import httpx
@@ -25,12 +24,6 @@ def document_update_of_size(size: int) -> str:
     text = json.dumps({"type": "document_update", "payload": {"pad": "x" * (size - len(empty))}})
     assert len(text.encode()) == size
     return text
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as running:
-        yield running
 
 
 async def test_message_at_the_size_limit_is_relayed(server: ServerProcess) -> None:

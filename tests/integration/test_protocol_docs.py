@@ -13,15 +13,9 @@ import pytest
 
 from app.asyncapi import client_models, message_types
 from app.messages import RELAYED_TYPES, SERVER_ONLY_TYPES, MessageError, parse_client_message
-from tests.support.server import ROOT, ServerProcess, running_server
+from tests.support.server import ROOT, ServerProcess
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as running:
-        yield running
 
 
 @pytest.fixture

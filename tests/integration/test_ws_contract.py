@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -16,18 +15,12 @@ from jose import jwt
 from websockets.exceptions import InvalidStatus
 
 from tests.support.clients import RawClient, member, open_ws, receive, receive_type, send
-from tests.support.server import ServerProcess, running_server
+from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as running:
-        yield running
 
 
 async def rejection(url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
