@@ -1,0 +1,319 @@
+"""A Yjs client over the service, written with pycrdt, following docs/yjs.md step by step.
+
+One `YjsClient` is one browser tab editing one document: a pycrdt `Doc` with a shared `Text`,
+an `Awareness`, and the WebSocket it talks through. It sends every local change as a
+`yjs_update`, applies every remote one, and runs the sync step of docs/yjs.md: a
+`document_update` `{"yjs_sync": "request", "state_vector"}` answered by each peer with the diff
+(a `yjs_update` with origin `sync`), its awareness, and a `{"yjs_sync": "reply", "to",
+"state_vector"}` that the requester answers with its own diff.
+
+Nothing here sleeps: every wait reads messages until a condition holds, each read bounded by
+RECEIVE_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+from pycrdt import Awareness, Doc, Text, TransactionEvent, merge_updates
+from websockets.asyncio.client import ClientConnection
+
+from tests.support.clients import RECEIVE_TIMEOUT, member, receive, send
+
+DOCUMENT_ID = "main.tex"
+TEXT_NAME = "content"
+EDIT_ORIGIN = "edit"
+SYNC_ORIGIN = "sync"
+# Yjs's encoding of an update that holds nothing: no structs, an empty delete set.
+EMPTY_UPDATE = b"\x00\x00"
+
+# How a client writes bytes: the three forms the service accepts. It always relays base64.
+Encoding = Literal["base64", "array", "object"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_bytes(data: bytes, encoding: Encoding) -> str | list[int] | dict[str, int]:
+    if encoding == "base64":
+        return b64(data)
+    if encoding == "array":
+        return list(data)
+    # What JSON.stringify(new Uint8Array(...)) produces in a browser.
+    return {str(index): value for index, value in enumerate(data)}
+
+
+@dataclass(frozen=True)
+class Received:
+    """A relayed yjs_update or yjs_awareness: who sent it (connection id) and the bytes."""
+
+    sender: str
+    origin: str | None
+    data: bytes
+
+
+class YjsClient:
+    def __init__(
+        self,
+        name: str,
+        ws: ClientConnection,
+        presence_state: dict[str, Any],
+        *,
+        encoding: Encoding = "base64",
+        document_id: str = DOCUMENT_ID,
+    ) -> None:
+        self.name = name
+        self.ws = ws
+        # presence_state is about its recipient: its client_id is this connection's.
+        self.client_id: str = presence_state["client_id"]
+        self.encoding: Encoding = encoding
+        self.document_id = document_id
+        self.doc: Doc[Text] = Doc()
+        self.text = self.doc.get(TEXT_NAME, type=Text)
+        self.awareness = Awareness(self.doc)
+        self._applying_remote = False
+        self._outbox: list[bytes] = []
+        self.doc.observe(self._on_update)
+        # What went out and came in, for the tests' assertions.
+        self.sent_updates: list[bytes] = []
+        self.sent_sync: list[bytes] = []
+        self.received_updates: list[Received] = []
+        self.received_awareness: list[Received] = []
+        self.markers: dict[str, set[str]] = {}
+        self.replies: set[str] = set()
+        self.answered: Counter[str] = Counter()
+        self.joined: set[str] = set()
+        self.foreign_documents = 0
+        self._changed = anyio.Event()
+
+    # The document
+
+    def __str__(self) -> str:
+        return str(self.text)
+
+    def _on_update(self, event: TransactionEvent) -> None:
+        # Yjs emits an update for every transaction, remote ones included; only local changes
+        # go out (in y-websocket terms: `if (origin !== provider) send(update)`).
+        if not self._applying_remote:
+            self._outbox.append(event.update)
+
+    def apply_remote(self, update: bytes) -> None:
+        self._applying_remote = True
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._applying_remote = False
+
+    def random_edit(self, rng: random.Random) -> None:
+        """Insert a run of this client's letter, or delete a few characters, at random."""
+        length = len(self.text)
+        if length > 4 and rng.random() < 0.3:
+            start = rng.randrange(length)
+            del self.text[start : min(length, start + rng.randint(1, 3))]
+        else:
+            self.text.insert(rng.randint(0, length), self.letter * rng.randint(1, 4))
+
+    @property
+    def letter(self) -> str:
+        return self.name[0]
+
+    async def flush(self) -> None:
+        """Send every local update, in the order Yjs produced them, as a yjs_update."""
+        while self._outbox:
+            update = self._outbox.pop(0)
+            self.sent_updates.append(update)
+            await self._send_update(update, EDIT_ORIGIN)
+
+    async def _send_update(self, update: bytes, origin: str) -> None:
+        payload = {
+            "update": encode_bytes(update, self.encoding),
+            "origin": origin,
+            "document_id": self.document_id,
+        }
+        await send(self.ws, "yjs_update", payload)
+
+    async def edit_randomly(
+        self, rng: random.Random, bursts: int, halfway: Callable[[], Any] | None = None
+    ) -> None:
+        """`bursts` rounds of 1-4 edits, each round sent before the next; the reader task applies
+        remote updates in between. Some rounds are one transaction (one update), some not."""
+        for index in range(bursts):
+            if halfway is not None and index == bursts // 2:
+                await halfway()
+            edits = rng.randint(1, 4)
+            if rng.random() < 0.5:
+                with self.doc.transaction():
+                    for _ in range(edits):
+                        self.random_edit(rng)
+            else:
+                for _ in range(edits):
+                    self.random_edit(rng)
+            await self.flush()
+            await anyio.lowlevel.checkpoint()
+
+    # Awareness
+
+    async def set_awareness(self, state: dict[str, Any] | None) -> bytes:
+        """Set this client's awareness state (None: gone) and send it; the bytes sent."""
+        self.awareness.set_local_state(state)
+        return await self.send_awareness()
+
+    async def send_awareness(self) -> bytes:
+        """This client's own awareness entry only: the service may coalesce a slow reader's
+        backlog to each sender's latest yjs_awareness, so one must not carry others' states."""
+        data = self.awareness.encode_awareness_update([self.awareness.client_id])
+        payload = {"update": encode_bytes(data, self.encoding), "document_id": self.document_id}
+        await send(self.ws, "yjs_awareness", payload)
+        return data
+
+    # The sync step
+
+    async def request_sync(self) -> None:
+        self.replies.clear()
+        await send(
+            self.ws,
+            "document_update",
+            {
+                "document_id": self.document_id,
+                "yjs_sync": "request",
+                "state_vector": b64(self.doc.get_state()),
+            },
+        )
+
+    async def _answer_request(self, requester: str, state_vector: bytes) -> None:
+        await self._send_diff(state_vector)
+        await self.send_awareness()
+        # Our state vector, so the requester can send what we lack (edits it made offline, or
+        # on the other side of a Redis outage).
+        await send(
+            self.ws,
+            "document_update",
+            {
+                "document_id": self.document_id,
+                "yjs_sync": "reply",
+                "to": requester,
+                "state_vector": b64(self.doc.get_state()),
+            },
+        )
+
+    async def _send_diff(self, state_vector: bytes) -> None:
+        # Never skip by comparing state vectors: deletions do not advance them, but the diff
+        # carries the whole delete set. Only an update that holds nothing is left unsent.
+        diff = self.doc.get_update(state_vector)
+        if diff != EMPTY_UPDATE:
+            self.sent_sync.append(diff)
+            await self._send_update(diff, SYNC_ORIGIN)
+
+    # Quiescence markers
+
+    async def send_marker(self, round_name: str) -> None:
+        """After every update this client sent: the service keeps each sender's order, so a
+        peer that reads this marker has applied all of them."""
+        payload = {"document_id": self.document_id, "done": self.name, "round": round_name}
+        await send(self.ws, "document_update", payload)
+
+    def saw_markers(self, round_name: str, names: set[str]) -> bool:
+        return self.markers.get(round_name, set()) >= names
+
+    # Reading
+
+    async def receive_one(self) -> dict[str, Any]:
+        message = await receive(self.ws)
+        await self.handle(message)
+        self._changed.set()
+        self._changed = anyio.Event()
+        return message
+
+    async def read_until(self, condition: Callable[[], bool]) -> None:
+        """Read and handle messages until `condition` holds (each read is time-bounded)."""
+        while not condition():
+            await self.receive_one()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """For a task other than the reader: wait until the reader has made `condition` true."""
+        with anyio.fail_after(RECEIVE_TIMEOUT):
+            while not condition():
+                await self._changed.wait()
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        payload: dict[str, Any] = message.get("payload") or {}
+        if kind == "user_joined":
+            self.joined.add(message["user_id"])
+            return
+        if kind == "user_left":
+            return
+        assert kind != "error", f"{self.name} got an error: {message}"
+        if payload.get("document_id") != self.document_id:
+            self.foreign_documents += 1  # another file of the project: another Doc's business
+            return
+        sender: str = message["client_id"]
+        if kind == "yjs_update":
+            assert isinstance(payload["update"], str), "updates are relayed as base64"
+            update = base64.b64decode(payload["update"], validate=True)
+            self.received_updates.append(Received(sender, payload.get("origin"), update))
+            self.apply_remote(update)
+        elif kind == "yjs_awareness":
+            assert isinstance(payload["update"], str), "awareness is relayed as base64"
+            data = base64.b64decode(payload["update"], validate=True)
+            self.received_awareness.append(Received(sender, None, data))
+            self.awareness.apply_awareness_update(data, "remote")
+        elif kind == "document_update":
+            sync = payload.get("yjs_sync")
+            if sync == "request":
+                await self._answer_request(sender, base64.b64decode(payload["state_vector"]))
+                self.answered[sender] += 1
+            elif sync == "reply":
+                if payload["to"] == self.client_id:
+                    self.replies.add(sender)
+                    await self._send_diff(base64.b64decode(payload["state_vector"]))
+            elif "done" in payload:
+                self.markers.setdefault(payload["round"], set()).add(payload["done"])
+        else:
+            raise AssertionError(f"{self.name} got an unexpected {kind}: {message}")
+
+
+@asynccontextmanager
+async def yjs_client(
+    url: str, name: str, *, encoding: Encoding = "base64"
+) -> AsyncIterator[YjsClient]:
+    async with member(url) as (ws, state):
+        yield YjsClient(name, ws, state, encoding=encoding)
+
+
+def _text_of(updates: list[bytes]) -> str:
+    doc: Doc[Text] = Doc()
+    text = doc.get(TEXT_NAME, type=Text)
+    for update in updates:
+        doc.apply_update(update)
+    return str(text)
+
+
+def replay(per_sender: list[list[bytes]], seed: int = 0) -> str:
+    """The text a fresh document gets from every sender's updates, interleaved at random but in
+    each sender's order: the only order the service promises."""
+    rng = random.Random(seed)
+    queues = [list(updates) for updates in per_sender if updates]
+    interleaved = []
+    while queues:
+        queue = rng.choice(queues)
+        interleaved.append(queue.pop(0))
+        if not queue:
+            queues.remove(queue)
+    return _text_of(interleaved)
+
+
+def replay_merged(per_sender: list[list[bytes]], seed: int = 0) -> str:
+    """The text of a fresh document given all the updates merged into one, in any order."""
+    everything = [update for updates in per_sender for update in updates]
+    random.Random(seed).shuffle(everything)
+    return _text_of([merge_updates(*everything)])
