@@ -124,14 +124,12 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-async def run(
-    args: argparse.Namespace, plan: Plan, pinning: Pinning, fd_limit: int
-) -> dict[str, Any]:
+async def run(args: argparse.Namespace, plan: Plan, pinning: Pinning) -> dict[str, Any]:
     steps: dict[str, Callable[[], Awaitable[Outcome]]] = {
         "A": lambda: scenario_a(plan, pinning, log),
         "B": lambda: scenario_b(plan, pinning, log),
         "C": lambda: scenario_c(plan, pinning, log),
-        "D": lambda: scenario_d(plan, pinning, log, fd_limit),
+        "D": lambda: scenario_d(plan, pinning, log),
     }
     rows: list[Row] = []
     details: dict[str, Any] = {}
@@ -164,14 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"the service runs with prototype patches: {', '.join(args.patches)}")
     pinning = Pinning()
     pinning.pin_load()
-    # Servers inherit the limit: raise it before starting any.
-    fd_limit = raise_fd_limit(2 * plan.many + 2000)
+    # Servers and holders inherit the limit: raise it before starting any.
+    fd_limit = raise_fd_limit(plan.many + 2000)
     started = datetime.now(UTC)
     info = machine()
     log(
         f"{info['cpu_model']}, {info['nproc']} cores, Python {info['python']}; {pinning.describe()}"
     )
-    outcome = uvloop.run(run(args, plan, pinning, fd_limit))
+    outcome = uvloop.run(run(args, plan, pinning))
     rows: list[Row] = outcome["rows"]
     info["loadavg_at_end"] = list(os.getloadavg())
     print()

@@ -4,17 +4,21 @@ returns table rows plus the raw measurements for the JSON."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
+import json
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.auth import issue_token
+from bench.holder import HoldSpec, spec_json
 from bench.loadgen import (
     Client,
     Health,
@@ -29,7 +33,7 @@ from bench.loadgen import (
     settle,
 )
 from bench.measure import Window, latency_ms
-from bench.servers import SECRET, Pinning, Process, RedisProcess, Reference, Service
+from bench.servers import ROOT, SECRET, Pinning, Process, RedisProcess, Reference, Service
 
 SERVICE, REFERENCE = "service", "reference"
 KINDS = (SERVICE, REFERENCE)
@@ -582,110 +586,121 @@ async def scenario_c(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
 # D. Many connections
 
 
-@dataclass
-class Held:
-    kind: str
-    server: Process
-    health: Health
-    clients: list[Client]
-    connect_seconds: float
+class Holder:
+    """A `bench.holder` child process keeping `plan.many` connections open to one server."""
 
+    def __init__(self, kind: str, server: Process, process: asyncio.subprocess.Process) -> None:
+        self.kind = kind
+        self.server = server
+        self.process = process
+        self.ready: dict[str, Any] = {}
 
-async def open_many(
-    kind: str, plan: Plan, pinning: Pinning, log: Log, ping: tuple[float, float]
-) -> Held:
-    server = await start(kind, pinning, plan, ping=ping)
-    meter, health = Meter(), Health()
-    sink = Sink(meter)
-    rooms = [f"many-{index % plan.many_rooms}" for index in range(plan.many)]
-    started = time.monotonic()
-    try:
-        clients = await connect(
-            target_of(kind, server), rooms, [sink] * plan.many, health, source_ips=plan.source_ips
+    @classmethod
+    async def open(cls, kind: str, server: Process, plan: Plan, log: Log) -> Holder:
+        spec = HoldSpec(kind, server.port, plan.many, plan.many_rooms, plan.source_ips)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.holder",
+            spec_json(spec),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-    except BaseException:
-        server.stop()
-        raise
-    seconds = time.monotonic() - started
-    await quiet(meter)
-    log(
-        f"D {kind:9}: {len(clients):,} connections open in {seconds:.1f}s "
-        f"({health.failed} failed), RSS {server.rss_kib() / 1024:.0f} MiB"
-    )
-    return Held(kind, server, health, clients, seconds)
-
-
-async def hold(
-    held: Sequence[Held], seconds: float, log: Log, core: int | None
-) -> dict[str, dict[str, Any]]:
-    """Keep every connection open for `seconds`, answering pings; count drops and CPU."""
-    processes = {h.kind: h.server for h in held}
-    drops = {h.kind: h.health.dropped for h in held}
-    pings = {h.kind: h.health.pings_answered for h in held}
-    cpu = Window.open(processes, core)
-    started = time.monotonic()
-    while (left := seconds - (time.monotonic() - started)) > 0.01:
-        await asyncio.sleep(min(30.0, left))
-        status = ", ".join(
-            f"{h.kind} {sum(c.open for c in h.clients):,} open / "
-            f"{h.health.dropped - drops[h.kind]} dropped"
-            for h in held
+        holder = cls(kind, server, process)
+        holder.ready = await holder._read(600.0)
+        log(
+            f"D {kind:9}: {holder.ready['connected']:,} connections open in "
+            f"{holder.ready['connect_seconds']:.1f}s ({holder.ready['failed']} failed), "
+            f"RSS {server.rss_kib() / 1024:.0f} MiB"
         )
-        log(f"D held {time.monotonic() - started:4.0f}s of {seconds:.0f}s: {status}")
-    usage = cpu.close()
-    elapsed = usage["seconds"]
-    results: dict[str, dict[str, Any]] = {}
-    for h in held:
-        answered = h.health.pings_answered - pings[h.kind]
-        cpu_pct = usage[f"{h.kind}_cpu_pct"]
-        results[h.kind] = {
-            "connections": len(h.clients),
-            "connect_failures": h.health.failed,
-            "connect_failure_reasons": h.health.failures,
-            "connect_seconds": round(h.connect_seconds, 1),
-            "hold_seconds": elapsed,
-            "dropped": h.health.dropped - drops[h.kind],
-            "still_open": sum(c.open for c in h.clients),
-            "close_codes": h.health.close_codes,
-            "pings_answered": answered,
-            "pings_answered_per_s": round(answered / elapsed, 1),
-            "cpu_pct": cpu_pct,
-            "cpu_us_per_ping": (
-                round(cpu_pct / 100 * elapsed / answered * 1e6, 1) if answered else None
-            ),
-            "rss_mib": round(h.server.rss_kib() / 1024, 1) if h.server.alive() else None,
-            "alive": h.server.alive(),
-        }
-    results["window"] = usage
-    return results
+        return holder
+
+    async def _read(self, within: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), within)
+        if not line:
+            raise BenchError(f"D {self.kind}: the holder process exited")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def report(self) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"report\n")
+        await self.process.stdin.drain()
+        return await self._read(30.0)
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(OSError):
+                assert self.process.stdin is not None
+                self.process.stdin.write(b"exit\n")
+                self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 30)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
 
 
 async def hold_phase(
-    plan: Plan, pinning: Pinning, log: Log, fd_limit: int, seconds: float, ping: tuple[float, float]
+    plan: Plan, pinning: Pinning, log: Log, seconds: float, ping: tuple[float, float]
 ) -> dict[str, Any]:
-    # Both holds at once when this process may open both sets of sockets: the same minutes
-    # for both, and half the wall time. Otherwise one after the other.
-    together = fd_limit >= 2 * plan.many + 1000
-    groups: list[tuple[str, ...]] = [KINDS] if together else [(kind,) for kind in KINDS]
-    results: dict[str, Any] = {
-        "concurrent_holds": together,
-        "ping_interval_s": ping[0],
-        "pong_wait_s": ping[1],
-        "hold_s": seconds,
-    }
-    for group in groups:
-        held: list[Held] = []
-        try:
-            for kind in group:
-                held.append(await open_many(kind, plan, pinning, log, ping))
-            measured = await hold(held, seconds, log, pinning.server_core)
-            results.update({kind: measured[kind] for kind in group})
-            results[f"window_{'_'.join(group)}"] = measured["window"]
-        finally:
-            for h in held:
-                h.server.stop()
-                close_all(h.clients)
-    return results
+    """Both servers up, each with `plan.many` connections from its own holder process, held
+    for the same `seconds`: drops, CPU, and pings answered."""
+    servers: dict[str, Process] = {}
+    holders: list[Holder] = []
+    try:
+        for kind in KINDS:
+            servers[kind] = await start(kind, pinning, plan, ping=ping)
+            holders.append(await Holder.open(kind, servers[kind], plan, log))
+        before = {h.kind: await h.report() for h in holders}
+        cpu = Window.open(servers, pinning.server_core)
+        started = time.monotonic()
+        while (left := seconds - (time.monotonic() - started)) > 0.01:
+            await asyncio.sleep(min(30.0, left))
+            now = {h.kind: await h.report() for h in holders}
+            text = ", ".join(
+                f"{kind} {now[kind]['open']:,} open / "
+                f"{now[kind]['dropped'] - before[kind]['dropped']} dropped"
+                for kind in now
+            )
+            log(f"D held {time.monotonic() - started:4.0f}s of {seconds:.0f}s: {text}")
+        usage = cpu.close()
+        after = {h.kind: await h.report() for h in holders}
+        elapsed = usage["seconds"]
+        results: dict[str, Any] = {
+            "ping_interval_s": ping[0],
+            "pong_wait_s": ping[1],
+            "hold_s": seconds,
+            "window": usage,
+        }
+        for h in holders:
+            answered = after[h.kind]["pings_answered"] - before[h.kind]["pings_answered"]
+            cpu_pct = usage[f"{h.kind}_cpu_pct"]
+            results[h.kind] = {
+                "connections": h.ready["connected"],
+                "connect_failures": h.ready["failed"],
+                "connect_failure_reasons": h.ready["failures"],
+                "connect_seconds": h.ready["connect_seconds"],
+                "dropped": after[h.kind]["dropped"] - before[h.kind]["dropped"],
+                "still_open": after[h.kind]["open"],
+                "close_codes": after[h.kind]["close_codes"],
+                "pings_answered": answered,
+                "pings_answered_per_s": round(answered / elapsed, 1),
+                "cpu_pct": cpu_pct,
+                "cpu_us_per_ping": (
+                    round(cpu_pct / 100 * elapsed / answered * 1e6, 1) if answered else None
+                ),
+                "rss_mib": round(h.server.rss_kib() / 1024, 1) if h.server.alive() else None,
+                "alive": h.server.alive(),
+            }
+        return results
+    finally:
+        for server in servers.values():
+            server.stop()
+        for holder in holders:
+            await holder.close()
 
 
 def lost(result: dict[str, Any], n: int) -> int:
@@ -693,14 +708,14 @@ def lost(result: dict[str, Any], n: int) -> int:
     return int(result["dropped"]) + (n - int(result["connections"]))
 
 
-async def scenario_d(plan: Plan, pinning: Pinning, log: Log, fd_limit: int) -> Outcome:
+async def scenario_d(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
     outcome = Outcome()
     n = plan.many
     production = await hold_phase(
-        plan, pinning, log, fd_limit, plan.hold_seconds, (plan.ping_interval, plan.pong_wait)
+        plan, pinning, log, plan.hold_seconds, (plan.ping_interval, plan.pong_wait)
     )
     stress = await hold_phase(
-        plan, pinning, log, fd_limit, plan.stress_seconds, (plan.stress_ping, plan.stress_ping)
+        plan, pinning, log, plan.stress_seconds, (plan.stress_ping, plan.stress_ping)
     )
     outcome.details = {"connections": n, "hold": production, "heartbeat_stress": stress}
     s, r = production[SERVICE], production[REFERENCE]
