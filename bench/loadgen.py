@@ -423,9 +423,14 @@ async def settle(meter: Meter, target: int, idle: float = 2.0) -> bool:
             return False
 
 
-async def paced(sender: Client, rate: float, count: int) -> float:
+async def paced(sender: Client, rate: float, count: int, spin: bool = True) -> float:
     """Send `count` messages at `rate` per second on a fixed schedule (late sends are not
-    skipped, so queueing shows up as latency); returns the achieved rate."""
+    skipped, so queueing shows up as latency); returns the achieved rate.
+
+    With `spin` the loop never sleeps: it polls for I/O (`sleep(0)`) until each send is due,
+    so the load core never goes idle and the time a sleeping CPU takes to wake up (large on
+    a virtual machine) is not added to every delivery by the load generator itself.
+    Without it, it sleeps until a millisecond before each send."""
     interval = 1e9 / rate
     start = now_ns()
     for seq in range(count):
@@ -435,8 +440,7 @@ async def paced(sender: Client, rate: float, count: int) -> float:
             if now >= due:
                 break
             wait = (due - now) / 1e9
-            # Timers are coarse: sleep most of the way, then spin (letting I/O run) to `due`.
-            await asyncio.sleep(wait - 0.001 if wait > 0.0015 else 0)
+            await asyncio.sleep(0 if spin or wait <= 0.0015 else wait - 0.001)
         sender.send_text(cursor_message(seq, now_ns()))
     elapsed = (now_ns() - start) / 1e9
     return count / elapsed if elapsed > 0 else rate

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.servers import Process, redis_binary
 
@@ -141,6 +142,27 @@ def _redis_version() -> str:
         ).stdout
         return out.strip()
     return "unknown"
+
+
+def revision() -> dict[str, object]:
+    """The commit measured, and whether app/ differed from it."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(  # noqa: S603 - git, fixed arguments
+                ["git", "-C", str(root), *args],  # noqa: S607 - git from PATH
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+        return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "app_modified": bool(git("status", "--porcelain", "--", "app")),
+    }
 
 
 def machine() -> dict[str, object]:

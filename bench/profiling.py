@@ -1,7 +1,7 @@
 """Profiles of the service under the benchmark's load, for docs/performance.md.
 
     python -m bench.profiling fanout      # py-spy on the server while a room of 100 is saturated
-    python -m bench.profiling heartbeat   # py-spy on 10,000 idle connections pinged every 5 s
+    python -m bench.profiling heartbeat   # py-spy on 10,000 idle connections (--ping 5 s)
     python -m bench.profiling memory      # tracemalloc: what each idle connection holds
 
 The CPU modes need py-spy (`.venv/bin/pip install py-spy`; not a dependency of `make bench`).
@@ -141,8 +141,9 @@ async def fanout(size: int, seconds: float, pinning: Pinning) -> None:
             close_all(room.clients)
 
 
-async def heartbeat(connections: int, seconds: float, pinning: Pinning) -> None:
-    server = Service(pinning, {"WS_PING_INTERVAL": "5s", "WS_PONG_WAIT": "5s"})
+async def heartbeat(connections: int, seconds: float, ping: float, pinning: Pinning) -> None:
+    wait = max(ping, 5.0)
+    server = Service(pinning, {"WS_PING_INTERVAL": f"{ping:g}s", "WS_PONG_WAIT": f"{wait:g}s"})
     await asyncio.to_thread(server.start)
     clients = []
     try:
@@ -157,8 +158,11 @@ async def heartbeat(connections: int, seconds: float, pinning: Pinning) -> None:
         )
         await quiet(meter)
         await asyncio.sleep(6)
-        spy = record(server.pid, seconds, "heartbeat", pinning)
-        await asyncio.to_thread(finish, spy, "heartbeat")
+        name = f"heartbeat-{ping:g}s"
+        before = server.cpu_seconds()
+        spy = record(server.pid, seconds, name, pinning)
+        await asyncio.to_thread(finish, spy, name)
+        log(f"server CPU while sampled: {(server.cpu_seconds() - before) / seconds:.1%} of a core")
         log(f"{len(clients)} connections, {health.dropped} dropped")
     finally:
         server.stop()
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--room", type=int, default=100, help="fanout: room size")
     parser.add_argument("--connections", type=int, help="heartbeat/memory: how many")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to sample")
+    parser.add_argument("--ping", type=float, default=5.0, help="heartbeat: WS_PING_INTERVAL (s)")
     args = parser.parse_args(argv)
     pinning = Pinning()
     pinning.pin_load()
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "fanout":
         uvloop.run(fanout(args.room, args.seconds, pinning))
     elif args.mode == "heartbeat":
-        uvloop.run(heartbeat(args.connections or 10_000, args.seconds, pinning))
+        uvloop.run(heartbeat(args.connections or 10_000, args.seconds, args.ping, pinning))
     else:
         uvloop.run(memory(args.connections or 2_000, pinning))
     return 0

@@ -24,7 +24,7 @@ from typing import Any
 import uvloop
 
 from bench.experiments import PATCHES
-from bench.measure import machine
+from bench.measure import machine, revision
 from bench.scenarios import Outcome, Plan, Row, scenario_a, scenario_b, scenario_c, scenario_d
 from bench.servers import Pinning, raise_fd_limit
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     fd_limit = raise_fd_limit(plan.many + 2000)
     started = datetime.now(UTC)
     info = machine()
+    measured = revision()
     log(
         f"{info['cpu_model']}, {info['nproc']} cores, Python {info['python']}; {pinning.describe()}"
     )
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_at": started.isoformat(timespec="seconds"),
         "duration_s": round((datetime.now(UTC) - started).total_seconds(), 1),
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "revision": measured,
         "machine": info,
         "settings": {
             **dataclasses.asdict(plan),
