@@ -89,13 +89,20 @@ class Connection:
         """Messages waiting for the socket buffer to drain."""
         return self._live
 
-    def deliver(self, data: bytes, message_type: str, sender: str) -> None:
-        """Send `data` now if the socket takes it, else queue it under the overflow policy."""
+    def deliver(
+        self, data: bytes, message_type: str, sender: str, frame: bytes | None = None
+    ) -> None:
+        """Send `data` now if the socket takes it, else queue it under the overflow policy.
+
+        `frame` is `data` already framed, shared by every recipient of a broadcast."""
         transport = self._transport
         if transport.closed:
             return
         if not self._backlog and transport.can_write:
-            transport.send_text(data)
+            if frame is None:
+                transport.send_text(data)
+            else:
+                transport.send_prepared(data, frame)
             return
         if not self._backlog:
             transport.on_drain(self.flush)

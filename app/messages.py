@@ -243,6 +243,13 @@ class PresenceUser(BaseModel):
 
 class PresenceStatePayload(BaseModel):
     users: list[PresenceUser]
+    resync: bool | None = Field(
+        default=None,
+        description=(
+            "true when sent again mid-session, after the instance recovered from a Redis "
+            "outage: replace the presence view, and run the Yjs sync step"
+        ),
+    )
 
 
 class UserPresencePayload(BaseModel):

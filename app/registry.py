@@ -15,6 +15,7 @@ from app.broadcaster.base import Broadcaster, Member, RoomEvent
 from app.connection import Connection
 from app.messages import encode_envelope
 from app.metrics import Metrics
+from app.transport import text_frame
 
 logger = logging.getLogger("texflow.registry")
 
@@ -22,6 +23,8 @@ CLOSE_SERVICE_RESTART = 1012
 CLOSE_ACCESS_REVOKED = 4003
 # A control event between instances: close a user's connections in the project.
 REVOKE = "texflow.revoke"
+# A control event between instances: presence in the project may have changed unseen.
+RESYNC = "texflow.resync"
 SERVICE_CLIENT_ID = "service"
 
 
@@ -69,6 +72,8 @@ class RoomRegistry:
         self._rooms: dict[str, Room] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._refreshes: dict[str, asyncio.Task[None]] = {}
+        self._refresh_again: set[str] = set()
         self.accepting = False
 
     async def start(self) -> None:
@@ -83,6 +88,11 @@ class RoomRegistry:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         await self._broadcaster.stop()
+        for task in list(self._refreshes.values()):
+            task.cancel()
+        for task in list(self._refreshes.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def drain(self, window: float) -> None:
         """Stop accepting and close every connection with 1012, spread over half of `window`
@@ -249,20 +259,63 @@ class RoomRegistry:
     def _fan_out(self, event: RoomEvent) -> int:
         if event.message_type == REVOKE:
             return self._close_user(event.project_id, event.data.decode())
+        if event.message_type == RESYNC:
+            self._refresh_presence(event.project_id)
+            return 0
         room = self._rooms.get(event.project_id)
         if room is None:
             return 0
         room.last_activity = time.time()
         delivered = 0
         exclude = event.exclude
+        data, message_type, sender = event.data, event.message_type, event.sender
+        frame = text_frame(data)
         for client_id, connection in room.connections.items():
             if client_id != exclude:
-                connection.deliver(event.data, event.message_type, event.sender)
+                connection.deliver(data, message_type, sender, frame)
                 delivered += 1
         self._metrics.sent(event.message_type, delivered)
         return delivered
 
+    async def refreshed(self) -> None:
+        """Wait for the presence refreshes in flight."""
+        while self._refreshes:
+            await asyncio.gather(*self._refreshes.values(), return_exceptions=True)
+
+    def _refresh_presence(self, project_id: str) -> None:
+        """Send the room a fresh presence_state (`resync: true`), in a task of its own; a
+        request during a refresh runs one more, so the last one reflects the latest state."""
+        if project_id not in self._rooms:
+            return
+        if project_id in self._refreshes:
+            self._refresh_again.add(project_id)
+            return
+        task = asyncio.create_task(self._send_presence(project_id), name=f"resync {project_id}")
+        self._refreshes[project_id] = task
+
+    async def _send_presence(self, project_id: str) -> None:
+        try:
+            while True:
+                self._refresh_again.discard(project_id)
+                members = await self._broadcaster.members(project_id)
+                room = self._rooms.get(project_id)
+                if room is not None:
+                    payload = {"users": _users(members), "resync": True}
+                    for connection in list(room.connections.values()):
+                        self.send(connection, "presence_state", payload)
+                if project_id not in self._refresh_again:
+                    return
+        except Exception:
+            logger.exception("presence refresh failed", extra={"event": "resync_failed"})
+        finally:
+            self._refreshes.pop(project_id, None)
+
     # Listener
+
+    def on_reconnected(self) -> None:
+        for project_id in list(self._rooms):
+            self._broadcaster.publish(RoomEvent(project_id, RESYNC, b"", sender="instance"))
+            self._refresh_presence(project_id)
 
     def on_remote_event(self, event: RoomEvent) -> None:
         self._fan_out(event)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.protocol import State
 
 EXTENSION = "texflow.transport"
 
@@ -33,6 +34,9 @@ class FrameTransport(Protocol):
 
     def send_text(self, data: bytes) -> None:
         """Frame UTF-8 `data` and hand it to the socket now."""
+
+    def send_prepared(self, data: bytes, frame: bytes) -> None:
+        """Hand `frame` (from `text_frame(data)`) to the socket now, if it can be sent as is."""
 
     def close_with(self, code: int, reason: str) -> None:
         """Start the closing handshake now, whatever is buffered."""
@@ -75,6 +79,16 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
             # The peer's close frame arrived first; its disconnect is already queued.
             return
         self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def send_prepared(self, data: bytes, frame: bytes) -> None:
+        # A broadcast is framed once for all its recipients (gorilla's PreparedMessage). Only
+        # an open connection without extensions (no permessage-deflate) takes it as is.
+        if self.closed:
+            return
+        if self.conn.extensions or self.conn.state is not State.OPEN:
+            self.send_text(data)
+            return
+        self.transport.write(frame)
 
     def close_with(self, code: int, reason: str) -> None:
         if self.closed:
@@ -131,6 +145,18 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
         )
         self.close_sent = True
         self.transport.abort()
+
+
+def text_frame(data: bytes) -> bytes:
+    """An unmasked, final text frame carrying `data`, as a server sends it (RFC 6455 5.2)."""
+    size = len(data)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 65536:
+        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return head + data
 
 
 def transport_of(scope: MutableMapping[str, Any]) -> FrameTransport | None:

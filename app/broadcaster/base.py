@@ -52,6 +52,10 @@ class Listener(Protocol):
     def room_counts(self) -> dict[str, int]:
         """Connections per project on this instance."""
 
+    def on_reconnected(self) -> None:
+        """The backend is reachable again (or for the first time): shared state may have
+        changed meanwhile, so refresh what clients were told."""
+
 
 class Broadcaster(Protocol):
     """Pub/Sub between instances plus presence, scoped to the projects with local members.

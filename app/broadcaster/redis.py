@@ -367,6 +367,8 @@ class RedisBroadcaster:
             logger.info("redis connected", extra={"event": "redis_connected"})
         self._ever_connected = True
         self._last_error = ""
+        if self._listener is not None:
+            self._listener.on_reconnected()
 
     async def _listen(self) -> None:
         pubsub = self._pubsub

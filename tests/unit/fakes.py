@@ -29,6 +29,10 @@ class FakeTransport:
             if self.room <= 0:
                 self.can_write = False
 
+    def send_prepared(self, data: bytes, frame: bytes) -> None:
+        assert frame.endswith(data), "the prepared frame does not carry the data"
+        self.send_text(data)
+
     def close_with(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
         self.closed = True

@@ -478,3 +478,38 @@ async def test_stop_waits_for_sessions_to_leave() -> None:
     assert stopped.is_set()
     assert [frame["type"] for frame in bob.take()] == ["user_left"]
     await cluster.b.stop(grace=0)
+
+
+async def test_reconnection_refreshes_presence_on_every_instance(cluster: Cluster) -> None:
+    alice = await joined(cluster.a, cluster.metrics_a, "a1", "alice")
+    bob = await joined(cluster.b, cluster.metrics_b, "b1", "bob")
+    lonely = await joined(cluster.b, cluster.metrics_b, "c1", "carol", project_id="p2")
+    for client in (alice, bob, lonely):
+        client.take()
+
+    cluster.a.on_reconnected()
+    await cluster.a.refreshed()
+    await cluster.b.refreshed()
+
+    expected = {"alice", "bob"}
+    for client in (alice, bob):
+        [frame] = client.take()
+        assert frame["type"] == "presence_state"
+        assert frame["payload"]["resync"] is True
+        assert {u["user_id"] for u in frame["payload"]["users"]} == expected
+        assert frame["client_id"] == client.connection.client_id
+    # Instance a has no member in p2: nothing was refreshed there.
+    assert lonely.take() == []
+
+
+async def test_refresh_requests_before_the_state_is_read_coalesce(cluster: Cluster) -> None:
+    alice = await joined(cluster.a, cluster.metrics_a, "a1", "alice")
+    alice.take()
+
+    cluster.a.on_reconnected()
+    cluster.a.on_reconnected()
+    cluster.a.on_reconnected()
+    await cluster.a.refreshed()
+
+    # One read of the shared state answers all three: one presence_state, not three.
+    assert [f["type"] for f in alice.take()] == ["presence_state"]

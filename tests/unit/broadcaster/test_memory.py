@@ -25,6 +25,9 @@ class RecordingListener:
     def room_counts(self) -> dict[str, int]:
         return {}
 
+    def on_reconnected(self) -> None:
+        pass
+
 
 def event(project_id: str = "p1", data: bytes = b"{}") -> RoomEvent:
     return RoomEvent(project_id, "cursor_update", data, sender="c1", exclude="c1")
