@@ -349,6 +349,9 @@ class RedisBroadcaster:
             self._metrics.redis_reconnects.inc()
 
     async def _connect(self) -> None:
+        # Sockets pooled before a failure are dead; without this the first command to reuse
+        # one fails right after recovery (the client does not retry) and the outage repeats.
+        await self._client.connection_pool.disconnect()
         await asyncio.wait_for(self._client.ping(), self._timeout)
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         channels = [self._probe_channel, *(self._room_channel(p) for p in self._projects)]
