@@ -79,7 +79,9 @@ class Connection:
         self._transport = transport
         self._limits = limits
         self._observer = observer
-        self._backlog: deque[_Entry] = deque()
+        # Created when first needed: an empty deque is 760 bytes, and most connections never
+        # back up.
+        self._backlog: deque[_Entry] | None = None
         self._latest: dict[tuple[str, str], _Entry] = {}
         self._live = 0
         self._backlog_bytes = 0
@@ -98,13 +100,16 @@ class Connection:
         transport = self._transport
         if transport.closed:
             return
-        if not self._backlog and transport.can_write:
+        backlog = self._backlog
+        if not backlog and transport.can_write:
             if frame is None:
                 transport.send_text(data)
             else:
                 transport.send_prepared(data, frame)
             return
-        if not self._backlog:
+        if backlog is None:
+            backlog = self._backlog = deque()
+        if not backlog:
             transport.on_drain(self.flush)
         ephemeral = message_type in EPHEMERAL_TYPES
         if ephemeral:
@@ -126,7 +131,7 @@ class Connection:
             self.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
             return
         entry = _Entry(data)
-        self._backlog.append(entry)
+        backlog.append(entry)
         self._live += 1
         self._backlog_bytes += len(data)
         if ephemeral:
@@ -136,6 +141,8 @@ class Connection:
         """Write queued messages while the socket takes them (called when its buffer drains)."""
         transport = self._transport
         backlog = self._backlog
+        if backlog is None:
+            return
         while backlog and transport.can_write and not transport.closed:
             entry = backlog.popleft()
             data = entry.data
@@ -152,7 +159,7 @@ class Connection:
 
     def close(self, code: int, reason: str) -> None:
         """Close the WebSocket; the session's receive loop then sees the disconnect."""
-        self._backlog.clear()
+        self._backlog = None
         self._latest.clear()
         self._live = 0
         self._backlog_bytes = 0

@@ -33,10 +33,13 @@ class StrikeCounter:
     def __init__(self, limit: int, window: float) -> None:
         self._limit = limit
         self._window = window
-        self._times: deque[float] = deque()
+        # Created at the first strike: most connections never send a refused message.
+        self._times: deque[float] | None = None
 
     def strike(self, now: float) -> bool:
         times = self._times
+        if times is None:
+            times = self._times = deque()
         times.append(now)
         while times and times[0] <= now - self._window:
             times.popleft()

@@ -60,6 +60,12 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
         self.scope["extensions"][EXTENSION] = {"transport": self}
         await super().run_asgi()
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The upgrade's request and response (headers included) are not read again.
+            del self.request, self.response
+
     # FrameTransport
 
     @property
