@@ -4,6 +4,10 @@ service as `python -m bench.experiments prepared-frames,direct-ws`, which applie
 in that process and then runs `app.__main__.main()` as `python -m app` would. app/ itself is
 not changed; a default `make bench` applies none of this.
 
+prepared-frames and direct-ws were adopted in app/ (commits edb0310 and f1920b9); on a
+service that has them they refuse to apply. Their measurements (bench/results/experiment-*.json)
+were taken on the app before those commits.
+
 - prepared-frames: frame a broadcast once and write the same bytes to every recipient (what
   gorilla/websocket calls a PreparedMessage), instead of building a websockets Frame per
   recipient in GatewayProtocol.send_text. Only without compression, as the default is.
@@ -33,6 +37,8 @@ def prepared_frames() -> None:
 
     from app.transport import GatewayProtocol
 
+    if hasattr(GatewayProtocol, "send_prepared"):
+        raise SystemExit("prepared-frames: the service already frames broadcasts once (edb0310)")
     original = GatewayProtocol.send_text
     last: list[Any] = [None, b""]  # the last payload and its frame: one broadcast's recipients
 
@@ -62,6 +68,8 @@ def direct_ws() -> None:
     import app.server
     from app.routers.ws import project_socket
 
+    if hasattr(app.server, "WebSocketFastPath"):
+        raise SystemExit("direct-ws: the service already serves /ws/ outside FastAPI (f1920b9)")
     serve = app.server.serve
 
     def direct_serve(application: Any, settings: Any) -> None:

@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, help="D: seconds to hold the connections")
     parser.add_argument("--connections", type=int, help="D: how many connections")
     parser.add_argument(
+        "--render", type=Path, help="print a JSON result's table as Markdown, and exit"
+    )
+    parser.add_argument(
         "--service-patches",
         default="",
         help=f"prototypes from bench.experiments to apply to the service: {', '.join(PATCHES)}",
@@ -124,6 +127,29 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A result file's rows as a Markdown table (for docs/performance.md)."""
+    out = [
+        "| scenario | metric | service | reference | ratio | target | verdict |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in rows:
+        unit = row["unit"]
+        metric = f"{row['metric']} ({unit})" if unit else row["metric"]
+        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        cells = [
+            row["scenario"],
+            metric,
+            fmt(row["service"], unit),
+            fmt(row["reference"], unit),
+            ratio,
+            row["target"],
+            f"**{row['verdict']}**" if row["verdict"] else "",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 async def run(args: argparse.Namespace, plan: Plan, pinning: Pinning) -> dict[str, Any]:
     steps: dict[str, Callable[[], Awaitable[Outcome]]] = {
         "A": lambda: scenario_a(plan, pinning, log),
@@ -152,6 +178,9 @@ async def run(args: argparse.Namespace, plan: Plan, pinning: Pinning) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(args.render.read_text(encoding="utf-8"))["rows"]))
+        return 0
     plan = Plan.quick_plan() if args.quick else Plan()
     if args.hold is not None:
         plan = dataclasses.replace(plan, hold_seconds=args.hold)
