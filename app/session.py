@@ -11,8 +11,10 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.websockets import WebSocket
 
@@ -47,6 +49,23 @@ def new_client_id() -> str:
     return secrets.token_hex(8)
 
 
+def _scrub(scope: MutableMapping[str, Any]) -> None:
+    """Forget the upgrade request once admitted: its headers (cookies included) would be kept
+    for the connection's whole life, and its query string may hold the token."""
+    scope["headers"] = []
+    scope["query_string"] = b""
+    scope["subprotocols"] = []
+
+
+def _fields(connection: Connection) -> dict[str, str]:
+    # Built when logging, not kept for the connection's life.
+    return {
+        "user_id": connection.user_id,
+        "project_id": connection.project_id,
+        "client_id": connection.client_id,
+    }
+
+
 class _Expiry:
     """The connection's deadline: a warning shortly before, a 4001 close at it."""
 
@@ -57,28 +76,30 @@ class _Expiry:
         self._connection = connection
         self._warning = warning
         self._leeway = leeway
-        self._handles: list[asyncio.TimerHandle] = []
+        # One timer at a time: the warning's, then the deadline's.
+        self._handle: asyncio.TimerHandle | None = None
         self.deadline = 0.0
 
     def schedule(self, expires_at: float) -> None:
         self.cancel()
         self.deadline = expires_at + self._leeway
-        loop = asyncio.get_running_loop()
         remaining = self.deadline - time.time()
-        self._handles = [
-            loop.call_later(max(0.0, remaining - self._warning), self._warn),
-            loop.call_later(max(0.0, remaining), self._expire),
-        ]
+        self._handle = asyncio.get_running_loop().call_later(
+            max(0.0, remaining - self._warning), self._warn
+        )
 
     def cancel(self) -> None:
-        for handle in self._handles:
-            handle.cancel()
-        self._handles = []
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
     def _deadline_text(self) -> str:
         return utc_timestamp(datetime.fromtimestamp(self.deadline, UTC))
 
     def _warn(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(
+            max(0.0, self.deadline - time.time()), self._expire
+        )
         self._registry.send(
             self._connection,
             "error",
@@ -90,6 +111,7 @@ class _Expiry:
         )
 
     def _expire(self) -> None:
+        self._handle = None
         self._registry.send(
             self._connection,
             "error",
@@ -124,6 +146,7 @@ class SessionHandler:
         # so a client that sees `user_left` may reconnect at once.
         try:
             await websocket.accept(subprotocol=ticket.subprotocol)
+            _scrub(websocket.scope)
             transport = transport_of(websocket.scope)
             if transport is None:
                 logger.error(
@@ -152,12 +175,7 @@ class SessionHandler:
         metrics.active_connections.inc()
         metrics.connections.inc()
         started = time.monotonic()
-        fields = {
-            "user_id": connection.user_id,
-            "project_id": connection.project_id,
-            "client_id": connection.client_id,
-        }
-        logger.info("connected", extra={"event": "ws_connected", **fields})
+        logger.info("connected", extra={"event": "ws_connected", **_fields(connection)})
         expiry = _Expiry(
             self._registry, connection, self._limits.expiry_warning, self._limits.leeway
         )
@@ -178,7 +196,7 @@ class SessionHandler:
                 "disconnected",
                 extra={
                     "event": "ws_disconnected",
-                    **fields,
+                    **_fields(connection),
                     "close_code": code,
                     "close_reason": reason,
                     "duration_s": round(duration, 3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, WebSocket
+from starlette.datastructures import Headers, QueryParams
 
 from app.gatekeeper import Rejection
 from app.routers.deps import GatekeeperDep, SessionsDep
@@ -19,13 +20,17 @@ async def project_socket(
     websocket: WebSocket, project_id: str, gatekeeper: GatekeeperDep, sessions: SessionsDep
 ) -> None:
     peer = websocket.client.host if websocket.client else "unknown"
+    # Read from the scope without the WebSocket's caches, so that nothing keeps the request's
+    # headers and query (the token) alive once the session scrubs them.
+    scope = websocket.scope
+    headers = Headers(scope=scope)
     try:
         ticket = gatekeeper.admit(
             project_id=project_id,
-            headers=websocket.headers,
-            query=websocket.query_params,
+            headers=headers,
+            query=QueryParams(scope.get("query_string", b"")),
             peer=peer,
-            subprotocols=websocket.scope.get("subprotocols", []),
+            subprotocols=scope.get("subprotocols", []),
         )
     except Rejection as rejection:
         logger.info(
@@ -34,12 +39,12 @@ async def project_socket(
                 "event": "ws_rejected",
                 "code": rejection.code,
                 "status": rejection.status,
-                "ip": gatekeeper.client_address(peer, websocket.headers),
+                "ip": gatekeeper.client_address(peer, headers),
             },
         )
-        headers = {"WWW-Authenticate": "Bearer"} if rejection.status == 401 else None
+        challenge = {"WWW-Authenticate": "Bearer"} if rejection.status == 401 else None
         await websocket.send_denial_response(
-            error_response(rejection.status, rejection.code, rejection.message, headers)
+            error_response(rejection.status, rejection.code, rejection.message, challenge)
         )
         return
     await sessions.run(websocket, ticket)
