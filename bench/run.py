@@ -189,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.patches:
         plan = dataclasses.replace(plan, service_patches=args.patches)
         log(f"the service runs with prototype patches: {', '.join(args.patches)}")
+    # Described before pinning, which narrows this process to the load core.
+    info = machine()
+    measured = revision()
     pinning = Pinning()
     pinning.pin_load()
     # Servers and holders inherit the limit: raise it before starting any.
     fd_limit = raise_fd_limit(plan.many + 2000)
     started = datetime.now(UTC)
-    info = machine()
-    measured = revision()
     log(
         f"{info['cpu_model']}, {info['nproc']} cores, Python {info['python']}; {pinning.describe()}"
     )
