@@ -35,7 +35,7 @@ token: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-## bench: the performance benchmark against a reference relay (about 15 minutes; docs/performance.md)
+## bench: the performance benchmark against a reference relay (about 10 minutes; docs/performance.md)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import uvloop
 
 from bench.loadgen import Health, Meter, Sink, blast, close_all, connect, quiet
+from bench.measure import revision
 from bench.scenarios import SERVICE, Plan, open_room, target_of
 from bench.servers import Pinning, Service, raise_fd_limit
 
@@ -92,6 +93,13 @@ def summarize(raw: Path, top: int = 35) -> str:
     return "\n".join(lines) + "\n"
 
 
+def header(what: str) -> str:
+    """Which code a profile is of: line numbers only mean something at that revision."""
+    measured = revision()
+    dirty = ", with uncommitted edits in app/" if measured["app_modified"] else ""
+    return f"# python -m bench.profiling: {what}; commit {measured['commit']}{dirty}\n\n"
+
+
 def py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(found).exists():
@@ -116,7 +124,9 @@ def finish(process: subprocess.Popen[bytes], name: str) -> None:
     if not raw.exists():
         raise SystemExit(f"py-spy wrote nothing: {err.decode(errors='replace')}")
     summary = OUT / f"{name}-summary.txt"
-    summary.write_text(summarize(raw), encoding="utf-8")
+    summary.write_text(
+        header(f"py-spy record --rate 250 --nonblocking, {name}") + summarize(raw), encoding="utf-8"
+    )
     log(f"profile: {raw}; summary: {summary}")
 
 
@@ -203,6 +213,8 @@ async def memory(connections: int, pinning: Pinning) -> None:
         server.process.send_signal(signal.SIGUSR1)
         await asyncio.to_thread(wait_for_file, report)
         await asyncio.sleep(3)
+        what = f"tracemalloc growth to {connections} idle connections"
+        report.write_text(header(what) + report.read_text(encoding="utf-8"), encoding="utf-8")
         log(f"{len(clients)} connections; tracemalloc report: {report}")
     finally:
         server.stop()

@@ -1,6 +1,6 @@
 """`python -m bench`: run the scenarios, print the table, write the JSON.
 
-python -m bench                      # everything (about 15 minutes; D holds for 5 minutes)
+python -m bench                      # everything (about 10 minutes; D holds for 5 minutes)
 python -m bench --quick              # smaller and shorter, for a quick check
 python -m bench --scenario A,B       # a selection
 python -m bench --out results.json   # somewhere else than bench/results/latest.json
