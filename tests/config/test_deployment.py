@@ -12,8 +12,6 @@ import ast
 import copy
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -874,13 +872,3 @@ def test_scrape_config_keeps_this_service_pods(deployment: Mapping[str, Any]) ->
     port_name = ("__meta_kubernetes_pod_container_port_name",)
     assert re.fullmatch(keeps[port_name], "http")
     assert _container_port(_container(deployment), "http")
-
-
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_promtool_accepts_the_alert_rules() -> None:
-    promtool = shutil.which("promtool")
-    assert promtool is not None
-    result = subprocess.run(
-        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
