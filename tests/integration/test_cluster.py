@@ -19,6 +19,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.test_ws_contract import RELAYS
 from tests.support.clients import close_code, member, open_ws, receive, receive_type, send
+from tests.support.cluster import cluster as shared_cluster
+from tests.support.cluster import redis_state
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
@@ -28,37 +30,15 @@ pytestmark = pytest.mark.anyio
 
 @contextlib.contextmanager
 def cluster(redis: RedisServer, size: int = 2, **env: str) -> Iterator[list[ServerProcess]]:
-    """`size` instances on `redis`, under a key prefix of their own."""
-    shared = {
-        "REDIS_ADDR": redis.addr,
-        "REDIS_CHANNEL_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
-        "PRESENCE_TTL": "1s",
-        **env,
-    }
-    servers = [ServerProcess({**shared, "INSTANCE_ID": f"instance-{i}"}) for i in range(size)]
-    try:
-        for server in servers:
-            server.start()
+    """Instances whose presence expires after 1 s, so a killed one's users leave quickly."""
+    with shared_cluster(redis, size, **{"PRESENCE_TTL": "1s", **env}) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.close()
 
 
 async def ready(server: ServerProcess) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         body: dict[str, Any] = (await http.get("/ready")).json()
         return body
-
-
-async def redis_state(*servers: ServerProcess, connected: bool) -> None:
-    """Wait until every server reports Redis as connected (or not)."""
-    for server in servers:
-
-        async def reached(server: ServerProcess = server) -> bool:
-            return (await ready(server))["broadcaster_connected"] is connected
-
-        await eventually(reached, within=20)
 
 
 async def metric(server: ServerProcess, name: str) -> float:

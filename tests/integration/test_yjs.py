@@ -9,7 +9,6 @@ everything its sender sent before it).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,14 +18,13 @@ from operator import contains
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from pycrdt import Doc, Text
 
 from tests.support.clients import send
-from tests.support.redis_server import RedisServer, running_redis
+from tests.support.cluster import cluster, redis_state
+from tests.support.redis_server import running_redis
 from tests.support.server import ServerProcess
-from tests.support.waiting import eventually
 from tests.support.yjs import (
     EDIT_ORIGIN,
     SYNC_ORIGIN,
@@ -45,34 +43,6 @@ SEED = 20260115
 
 
 # Servers
-
-
-@contextlib.contextmanager
-def cluster(redis: RedisServer, size: int = 2) -> Iterator[list[ServerProcess]]:
-    """`size` instances on `redis` under a key prefix of their own (as in test_cluster, but with
-    the default PRESENCE_TTL: nothing here waits for presence to expire, and a longer TTL means
-    fewer heartbeats, so a loaded machine is less likely to fake a Redis outage)."""
-    shared = {"REDIS_ADDR": redis.addr, "REDIS_CHANNEL_PREFIX": f"test-{uuid.uuid4().hex[:8]}:"}
-    servers = [ServerProcess({**shared, "INSTANCE_ID": f"instance-{i}"}) for i in range(size)]
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.close()
-
-
-async def redis_state(*servers: ServerProcess, connected: bool) -> None:
-    """Wait until every server's /ready reports Redis as connected (or not)."""
-    for server in servers:
-
-        async def reached(server: ServerProcess = server) -> bool:
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                body = (await http.get("/ready")).json()
-            return bool(body["broadcaster_connected"] is connected)
-
-        await eventually(reached, within=20)
 
 
 @pytest.fixture(scope="module")
