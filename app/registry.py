@@ -266,11 +266,15 @@ class RoomRegistry:
         if room is None:
             return 0
         room.last_activity = time.time()
-        delivered = 0
         exclude = event.exclude
+        connections = room.connections
+        if len(connections) == (1 if exclude in connections else 0):
+            # Alone in the room (one person editing): no copy of the payload into a frame.
+            return 0
+        delivered = 0
         data, message_type, sender = event.data, event.message_type, event.sender
         frame = text_frame(data)
-        for client_id, connection in room.connections.items():
+        for client_id, connection in connections.items():
             if client_id != exclude:
                 connection.deliver(data, message_type, sender, frame)
                 delivered += 1

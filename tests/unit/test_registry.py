@@ -513,3 +513,30 @@ async def test_refresh_requests_before_the_state_is_read_coalesce(cluster: Clust
 
     # One read of the shared state answers all three: one presence_state, not three.
     assert [f["type"] for f in alice.take()] == ["presence_state"]
+
+
+async def test_relay_from_someone_alone_frames_nothing(
+    registry: RoomRegistry, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.registry
+
+    alice = await joined(registry, metrics, "a1", "alice")
+    alice.take()
+    framed: list[bytes] = []
+
+    def recording_frame(data: bytes) -> bytes:
+        framed.append(data)
+        return data
+
+    monkeypatch.setattr(app.registry, "text_frame", recording_frame)
+
+    registry.relay(alice.connection, "yjs_update", {"update": "AQID"})
+    assert framed == []
+    assert alice.take() == []
+
+    bob = await joined(registry, metrics, "b1", "bob")
+    bob.take()
+    framed.clear()  # bob's user_joined, framed for alice
+    registry.relay(alice.connection, "yjs_update", {"update": "AQID"})
+    assert len(framed) == 1
+    assert [f["type"] for f in bob.take()] == ["yjs_update"]
