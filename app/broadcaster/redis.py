@@ -19,7 +19,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from app.broadcaster.base import BroadcasterStatus, ClusterStats, Listener, Member, RoomEvent
+from app.broadcaster.publisher import Publisher
 from app.metrics import Metrics
 
 logger = logging.getLogger("texflow.redis")
@@ -142,9 +142,10 @@ class RedisBroadcaster:
         self._interval = max(0.1, min(presence_ttl / 3, 5.0))
         self._timeout = operation_timeout
         self._max_backoff = max_backoff
-        self._outbox: deque[RoomEvent] = deque()
         self._outbox_limit = outbox_limit
-        self._outbox_ready = asyncio.Event()
+        self._publisher: Publisher | None = None
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._channels: dict[str, bytes] = {}
         self._listener: Listener | None = None
         self._pubsub: PubSub | None = None
         self._projects: set[str] = set()
@@ -185,16 +186,14 @@ class RedisBroadcaster:
         self._metrics.redis_connected.set(0)
         self._tasks = [
             asyncio.create_task(self._supervise(), name="redis-supervisor"),
-            asyncio.create_task(self._publish_loop(), name="redis-publisher"),
             asyncio.create_task(self._heartbeat(), name="redis-heartbeat"),
         ]
 
     async def stop(self) -> None:
         self._stopping.set()
-        self._outbox_ready.set()
-        if self._connected:
+        if self._connected and self._publisher is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(self._flush_outbox(), self._timeout)
+                await asyncio.wait_for(self._publisher.flush(), self._timeout)
                 await asyncio.wait_for(self._forget_local_members(), self._timeout)
         for task in self._tasks:
             task.cancel()
@@ -202,7 +201,7 @@ class RedisBroadcaster:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._close_pubsub()
+        await self._close_connections()
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
         self._set_connected(False)
@@ -232,15 +231,18 @@ class RedisBroadcaster:
         await self._guarded(lambda pubsub: pubsub.unsubscribe(self._room_channel(project_id)))
 
     def publish(self, event: RoomEvent) -> None:
-        if not self._connected:
-            # Cross-instance delivery is impossible now; local fan-out already happened.
+        publisher = self._publisher
+        # Disconnected, cross-instance delivery is impossible; local fan-out still happens.
+        if not self._connected or publisher is None:
             self._metrics.redis_publish_dropped.inc()
             return
-        if len(self._outbox) >= self._outbox_limit:
+        channel = self._channels.get(event.project_id)
+        if channel is None:
+            channel = self._room_channel(event.project_id).encode()
+            if len(self._channels) < 10_000:
+                self._channels[event.project_id] = channel
+        if not publisher.publish(channel, self._encode(event)):
             self._metrics.redis_publish_dropped.inc()
-            return
-        self._outbox.append(event)
-        self._outbox_ready.set()
 
     async def _guarded(self, operation: Callable[[PubSub], Awaitable[Any]]) -> None:
         pubsub = self._pubsub
@@ -340,7 +342,7 @@ class RedisBroadcaster:
             except Exception as exc:  # a bug must not end reconnection for good
                 logger.exception("redis supervisor failed", extra={"event": "redis_error"})
                 self._fail(exc)
-            await self._close_pubsub()
+            await self._close_connections()
             if self._stopping.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -355,8 +357,21 @@ class RedisBroadcaster:
         await asyncio.wait_for(self._client.ping(), self._timeout)
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         channels = [self._probe_channel, *(self._room_channel(p) for p in self._projects)]
-        await asyncio.wait_for(pubsub.subscribe(*channels), self._timeout)
         self._pubsub = pubsub
+        await asyncio.wait_for(pubsub.subscribe(*channels), self._timeout)
+        publisher = await asyncio.wait_for(
+            Publisher.open(
+                self._client,
+                f"texflow-ws:{self.instance_id}:publisher",
+                limit=self._outbox_limit,
+                reply_timeout=self._timeout,
+            ),
+            self._timeout,
+        )
+        self._publisher = publisher
+        self._publisher_task = asyncio.create_task(
+            self._read_replies(publisher), name="redis-publisher"
+        )
         self._broken.clear()
         await asyncio.wait_for(self._restore_presence(), self._timeout * 2)
         self._last_probe = time.monotonic()
@@ -423,32 +438,14 @@ class RedisBroadcaster:
             )
         )
 
-    async def _publish_loop(self) -> None:
-        while not self._stopping.is_set():
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            if not self._connected:
-                self._metrics.redis_publish_dropped.inc(len(self._outbox))
-                self._outbox.clear()
-                continue
-            try:
-                await self._flush_outbox()
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._fail(exc)
-
-    async def _flush_outbox(self) -> None:
-        # One pipeline at a time, awaited before the next: Redis sees this instance's events in
-        # the order they were published.
-        while self._outbox:
-            batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 512))]
-            pipe = self._client.pipeline(transaction=False)
-            for event in batch:
-                pipe.publish(self._room_channel(event.project_id), self._encode(event))
-            try:
-                await asyncio.wait_for(pipe.execute(), self._timeout)
-            except (RedisError, OSError, TimeoutError):
-                self._metrics.redis_publish_dropped.inc(len(batch))
-                raise
+    async def _read_replies(self, publisher: Publisher) -> None:
+        try:
+            await publisher.run()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._fail(exc)
+        except Exception as exc:
+            logger.exception("redis publisher failed", extra={"event": "redis_error"})
+            self._fail(exc)
 
     async def _heartbeat(self) -> None:
         while not self._stopping.is_set():
@@ -465,6 +462,9 @@ class RedisBroadcaster:
                 self._fail(exc)
 
     async def _beat(self) -> None:
+        publisher = self._publisher
+        if publisher is not None and publisher.stalled(time.monotonic()):
+            raise TimeoutError(f"no reply to PUBLISH for over {self._timeout}s")
         await self._client.publish(self._probe_channel, b"probe")
         await self._refresh_local()
         for project_id in list(self._projects):
@@ -530,8 +530,18 @@ class RedisBroadcaster:
             instances=len(names), total_rooms=len(rooms), total_clients=sum(rooms.values())
         )
 
-    async def _close_pubsub(self) -> None:
+    async def _close_connections(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        publisher, self._publisher = self._publisher, None
+        task, self._publisher_task = self._publisher_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if publisher is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                # Written but never confirmed: they may or may not have reached Redis.
+                self._metrics.redis_publish_dropped.inc(await publisher.aclose())
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]

@@ -86,6 +86,15 @@ class RedisServer:
         with self.client() as client:
             return int(client.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
 
+    def kill_clients_named(self, suffix: str) -> int:
+        """Close the connections whose CLIENT SETNAME ends with `suffix`; returns how many."""
+        with self.client() as client:
+            clients = client.client_list()
+            doomed = [c["id"] for c in clients if c.get("name", "").endswith(suffix)]
+            for client_id in doomed:
+                client.client_kill_filter(_id=client_id)
+            return len(doomed)
+
     def close(self) -> None:
         self.stop()
         self._dir.cleanup()
