@@ -195,8 +195,10 @@ class RoomRegistry:
         event = RoomEvent(
             sender.project_id, message_type, data, sender=sender.client_id, exclude=sender.client_id
         )
-        self._fan_out(event)
+        # Published first: the write to Redis then leaves before the local fan-out starts, so
+        # other instances fan out while this one does.
         self._broadcaster.publish(event)
+        self._fan_out(event)
 
     def send(self, connection: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
         """Send a server message to one connection, stamped with that connection's identity."""
@@ -225,9 +227,8 @@ class RoomRegistry:
             message_type, payload, user_id=user_id, username=username, client_id=SERVICE_CLIENT_ID
         )
         event = RoomEvent(project_id, message_type, data, sender=SERVICE_CLIENT_ID)
-        delivered = self._fan_out(event)
         self._broadcaster.publish(event)
-        return delivered
+        return self._fan_out(event)
 
     def revoke(self, project_id: str, user_id: str) -> int:
         """Close the user's connections in the project with 4003, on every instance.
@@ -335,8 +336,8 @@ class RoomRegistry:
             client_id=member.client_id,
         )
         event = RoomEvent(project_id, "user_left", data, sender=member.client_id)
-        self._fan_out(event)
         self._broadcaster.publish(event)
+        self._fan_out(event)
 
 
 def _users(members: list[Member]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from app.broadcaster import MemoryBroadcaster, MemoryBus
+from app.broadcaster import MemoryBroadcaster, MemoryBus, RoomEvent
 from app.connection import BacklogLimits, Connection
 from app.metrics import Metrics
 from app.registry import CLOSE_SERVICE_RESTART, RoomRegistry
@@ -220,6 +220,29 @@ async def test_relay_reaches_everyone_but_the_sender(
             "Alice",
             "a1",
         )
+
+
+async def test_other_instances_get_a_relay_before_the_local_fan_out(metrics: Metrics) -> None:
+    local_frames_at_publish: list[int] = []
+    watched: list[Client] = []
+
+    class Recording(MemoryBroadcaster):
+        def publish(self, event: RoomEvent) -> None:
+            local_frames_at_publish.extend(len(c.transport.sent) for c in watched)
+            super().publish(event)
+
+    registry = RoomRegistry(Recording(), metrics)
+    await registry.start()
+    alice = await joined(registry, metrics, "a1", "alice")
+    bob = await joined(registry, metrics, "b1", "bob")
+    bob.take()
+    watched.append(bob)
+
+    registry.relay(alice.connection, "document_update", {"ops": [1]})
+
+    assert local_frames_at_publish == [0]
+    assert bob.types == ["document_update"]
+    await registry.stop(grace=0)
 
 
 async def test_relay_stays_in_its_project(registry: RoomRegistry, metrics: Metrics) -> None:
