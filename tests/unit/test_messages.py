@@ -25,6 +25,7 @@ from app.messages import (
     YjsAwareness,
     YjsUpdate,
     encode_envelope,
+    epoch_timestamp,
     parse_client_message,
     utc_timestamp,
 )
@@ -397,6 +398,22 @@ def test_utc_timestamp_defaults_to_now() -> None:
     assert TIMESTAMP.match(stamp)
     parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before <= parsed <= datetime.now(UTC)
+
+
+def test_epoch_timestamp_formats_each_second_afresh_in_any_order() -> None:
+    moment = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC).timestamp()
+    stamps = [
+        epoch_timestamp(moment + offset) for offset in (0.1234, 0.9999, 1.0, 61.5, -3600.25, 0.5)
+    ]
+
+    assert stamps == [
+        "2024-05-06T07:08:09.123Z",
+        "2024-05-06T07:08:09.999Z",
+        "2024-05-06T07:08:10.000Z",
+        "2024-05-06T07:09:10.500Z",
+        "2024-05-06T06:08:08.750Z",
+        "2024-05-06T07:08:09.500Z",
+    ]
 
 
 def test_utc_timestamp_converts_other_time_zones_to_utc() -> None:
