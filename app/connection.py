@@ -98,14 +98,11 @@ class Connection:
 
         `frame` is `data` already framed, shared by every recipient of a broadcast."""
         transport = self._transport
-        if transport.closed:
-            return
         backlog = self._backlog
-        if not backlog and transport.can_write:
-            if frame is None:
-                transport.send_text(data)
-            else:
-                transport.send_prepared(data, frame)
+        if not backlog:
+            if transport.offer(data, frame):
+                return
+        elif transport.closed:
             return
         if backlog is None:
             backlog = self._backlog = deque()

@@ -35,8 +35,10 @@ class FrameTransport(Protocol):
     def send_text(self, data: bytes) -> None:
         """Frame UTF-8 `data` and hand it to the socket now."""
 
-    def send_prepared(self, data: bytes, frame: bytes) -> None:
-        """Hand `frame` (from `text_frame(data)`) to the socket now, if it can be sent as is."""
+    def offer(self, data: bytes, frame: bytes | None = None) -> bool:
+        """Send `data` now unless the buffer is full: False then, and nothing was written.
+        True when written, or dropped because the connection is closing. `frame` is
+        `text_frame(data)`, built once for every recipient of a broadcast."""
 
     def close_with(self, code: int, reason: str) -> None:
         """Start the closing handshake now, whatever is buffered."""
@@ -51,10 +53,47 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
     # Set per server by `app.server.protocol_class`, since uvicorn builds protocols itself.
     write_wait: ClassVar[float] = 10.0
 
+    # Whether a broadcast frame can go straight to the socket: accepted, no extension to
+    # apply (permessage-deflate), buffer below its high-water mark, no close frame sent, peer
+    # not gone. One flag kept by every change of those, instead of five checks per recipient.
+    _clear = False
+    _accepted_plain = False
+    _close_sent = False
+    _disconnected = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._drain_callback: Callable[[], None] | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        # Only ever set to True after __init__, which sets False before `writable` exists.
+        self._close_sent = value
+        if value:
+            self._clear = False
+
+    @property
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    @disconnected.setter
+    def disconnected(self, value: bool) -> None:
+        self._disconnected = value
+        if value:
+            self._clear = False
+
+    def _update_clear(self) -> None:
+        self._clear = (
+            self._accepted_plain
+            and not self._close_sent
+            and not self._disconnected
+            and self.writable.is_set()
+        )
 
     async def run_asgi(self) -> None:
         self.scope["extensions"][EXTENSION] = {"transport": self}
@@ -65,6 +104,8 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The upgrade's request and response (headers included) are not read again.
             del self.request, self.response
+            self._accepted_plain = not self.conn.extensions and self.conn.state is State.OPEN
+            self._update_clear()
 
     # FrameTransport
 
@@ -86,15 +127,20 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
             return
         self.transport.write(b"".join(self.conn.data_to_send()))
 
-    def send_prepared(self, data: bytes, frame: bytes) -> None:
-        # A broadcast is framed once for all its recipients (gorilla's PreparedMessage). Only
-        # an open connection without extensions (no permessage-deflate) takes it as is.
+    def offer(self, data: bytes, frame: bytes | None = None) -> bool:
+        if self._clear:
+            # The transport closes without a close frame of ours when the peer's arrives.
+            if not self.transport.is_closing():
+                # A broadcast is framed once for all its recipients (gorilla's
+                # PreparedMessage): a connection without extensions takes it as is.
+                self.transport.write(text_frame(data) if frame is None else frame)
+            return True
         if self.closed:
-            return
-        if self.conn.extensions or self.conn.state is not State.OPEN:
-            self.send_text(data)
-            return
-        self.transport.write(frame)
+            return True
+        if not self.writable.is_set():
+            return False
+        self.send_text(data)
+        return True
 
     def close_with(self, code: int, reason: str) -> None:
         if self.closed:
@@ -120,11 +166,13 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._clear = False
         if self._write_deadline is None:
             self._write_deadline = self.loop.call_later(self.write_wait, self._write_timed_out)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._update_clear()
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None

@@ -29,9 +29,14 @@ class FakeTransport:
             if self.room <= 0:
                 self.can_write = False
 
-    def send_prepared(self, data: bytes, frame: bytes) -> None:
-        assert frame.endswith(data), "the prepared frame does not carry the data"
+    def offer(self, data: bytes, frame: bytes | None = None) -> bool:
+        assert frame is None or frame.endswith(data), "the prepared frame does not carry the data"
+        if self.closed:
+            return True
+        if not self.can_write:
+            return False
         self.send_text(data)
+        return True
 
     def close_with(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
