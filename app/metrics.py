@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from app.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
 
 _DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+class TypeCounter(Collector):
+    """A counter by message type kept in plain ints and exported at scrape time: counted on
+    every message, where prometheus_client's locked increment cost 4.4% of the CPU."""
+
+    def __init__(self, name: str, documentation: str, types: Iterable[str]) -> None:
+        self._name = name
+        self._documentation = documentation
+        # Every type is known up front, so a scrape in another thread never sees the dict grow.
+        self.counts = dict.fromkeys(sorted(types), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=["type"])
+        for message_type, count in list(self.counts.items()):
+            family.add_metric([message_type], count)
+        yield family
 
 
 class Metrics:
@@ -24,18 +45,23 @@ class Metrics:
             "Rooms (projects) with at least one connection on this instance.",
             registry=self.registry,
         )
-        self.messages_sent = Counter(
-            "websocket_messages_sent_total",
+        known = (
+            RELAYED_TYPES | SERVER_ONLY_TYPES | {"ping", "auth_refresh", "invalid", "rate_limited"}
+        )
+        self.messages_sent = TypeCounter(
+            "websocket_messages_sent",
             "Messages sent to clients, one per recipient, by type.",
-            ["type"],
-            registry=self.registry,
+            known,
         )
-        self.messages_received = Counter(
-            "websocket_messages_received_total",
+        self.messages_received = TypeCounter(
+            "websocket_messages_received",
             "Messages received from clients, by type ('invalid' for refused ones).",
-            ["type"],
-            registry=self.registry,
+            known,
         )
+        self.registry.register(self.messages_sent)
+        self.registry.register(self.messages_received)
+        self._sent = self.messages_sent.counts
+        self._received = self.messages_received.counts
         self.connections = Counter(
             "websocket_connections_total",
             "WebSocket connections accepted.",
@@ -97,19 +123,12 @@ class Metrics:
             "Events not sent to other instances because Redis was unreachable.",
             registry=self.registry,
         )
-        # Pre-bound children: labels() is a dict lookup plus a lock; fan-out happens per message.
-        known = (
-            RELAYED_TYPES | SERVER_ONLY_TYPES | {"ping", "auth_refresh", "invalid", "rate_limited"}
-        )
-        self._sent = {name: self.messages_sent.labels(name) for name in known}
-        self._received = {name: self.messages_received.labels(name) for name in known}
 
     def sent(self, message_type: str, count: int = 1) -> None:
-        if count:
-            self._sent[message_type].inc(count)
+        self._sent[message_type] += count
 
     def received(self, message_type: str) -> None:
-        self._received[message_type].inc()
+        self._received[message_type] += 1
 
     # BacklogObserver
 
