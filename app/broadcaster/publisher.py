@@ -7,11 +7,13 @@ machinery before Redis sees it; on the cross-instance path that was most of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
 
 
 class Publisher:
@@ -55,7 +57,9 @@ class Publisher:
         try:
             await connection.connect()
             await connection.send_command("CLIENT", "SETNAME", name)
-            await connection.read_response()
+            # An ACL may forbid CLIENT; the name is only a courtesy to operators.
+            with contextlib.suppress(ResponseError):
+                await connection.read_response()
             return cls(connection, limit=limit, reply_timeout=reply_timeout)
         except BaseException:
             await connection.disconnect()

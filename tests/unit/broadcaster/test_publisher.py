@@ -128,3 +128,24 @@ async def test_the_connection_is_named_for_operators(client: Redis) -> None:
         assert "texflow-ws:unit:publisher" in names
     finally:
         await publisher.aclose()
+
+
+async def test_a_user_whose_acl_forbids_client_still_publishes(
+    client: Redis, redis_server: RedisServer
+) -> None:
+    await client.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "publisher-only", "on", ">secret", "~*", "&*", "+@all", "-client"
+    )
+    limited = Redis(
+        host="127.0.0.1", port=redis_server.port, username="publisher-only", password="secret"
+    )
+    try:
+        pubsub = await subscribed(client)
+        publisher = await Publisher.open(limited, "texflow-ws:acl:publisher")
+        async with reading(publisher):
+            assert publisher.publish(CHANNEL, b"allowed")
+            await asyncio.wait_for(publisher.flush(), 5)
+        assert await messages(pubsub, 1) == [b"allowed"]
+    finally:
+        await limited.aclose()
+        await client.execute_command("ACL", "DELUSER", "publisher-only")  # type: ignore[no-untyped-call]
