@@ -37,7 +37,7 @@ def prepared_frames() -> None:
 
     from app.transport import GatewayProtocol
 
-    if hasattr(GatewayProtocol, "send_prepared"):
+    if hasattr(GatewayProtocol, "send_prepared") or hasattr(GatewayProtocol, "offer"):
         raise SystemExit("prepared-frames: the service already frames broadcasts once (edb0310)")
     original = GatewayProtocol.send_text
     last: list[Any] = [None, b""]  # the last payload and its frame: one broadcast's recipients
