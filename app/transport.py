@@ -16,6 +16,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
+from app.primitives import Flag, Inbox
+
 EXTENSION = "texflow.transport"
 
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -63,6 +65,9 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Same interface, a fraction of the memory: these live as long as the connection.
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag(True)  # type: ignore[assignment]
         self._drain_callback: Callable[[], None] | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
 
