@@ -16,10 +16,13 @@ class Inbox(Generic[T]):
     """A FIFO for one consumer: what uvicorn's protocol uses of its receive queue
     (`put_nowait`, `get`, `empty`, `qsize`), on one list and at most one future."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_head", "_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: list[T] = []
+        # Items before `_head` were taken: a read can queue tens of thousands of tiny frames
+        # before uvicorn pauses reading, and list.pop(0) would make draining them quadratic.
+        self._items: list[T | None] = []
+        self._head = 0
         self._waiter: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: T) -> None:
@@ -29,7 +32,7 @@ class Inbox(Generic[T]):
             waiter.set_result(None)
 
     async def get(self) -> T:
-        while not self._items:
+        while self._head >= len(self._items):
             if self._waiter is not None:
                 raise RuntimeError("expected one consumer, got a second get() while one waits")
             waiter = asyncio.get_running_loop().create_future()
@@ -38,14 +41,21 @@ class Inbox(Generic[T]):
                 await waiter
             finally:
                 self._waiter = None
-        # A handful of items at most: uvicorn pauses reading while one is waiting.
-        return self._items.pop(0)
+        items, head = self._items, self._head
+        item = items[head]
+        items[head] = None  # not kept alive by the list until it empties
+        if head + 1 == len(items):
+            items.clear()
+            self._head = 0
+        else:
+            self._head = head + 1
+        return item  # type: ignore[return-value]
 
     def empty(self) -> bool:
-        return not self._items
+        return self._head >= len(self._items)
 
     def qsize(self) -> int:
-        return len(self._items)
+        return len(self._items) - self._head
 
 
 class Flag:

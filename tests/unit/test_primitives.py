@@ -26,6 +26,20 @@ async def test_inbox_is_fifo_and_reports_its_size() -> None:
     assert inbox.empty()
 
 
+async def test_inbox_keeps_order_through_a_large_backlog_and_refills() -> None:
+    inbox: Inbox[int] = Inbox()
+    for item in range(50_000):
+        inbox.put_nowait(item)
+    taken = [await inbox.get() for _ in range(30_000)]
+    inbox.put_nowait(50_000)
+    assert inbox.qsize() == 20_001
+    taken += [await inbox.get() for _ in range(20_001)]
+    assert taken == list(range(50_001))
+    assert inbox.empty()
+    inbox.put_nowait(-1)
+    assert (inbox.qsize(), await inbox.get()) == (1, -1)
+
+
 async def test_inbox_get_waits_for_the_next_put() -> None:
     inbox: Inbox[str] = Inbox()
     getter = asyncio.create_task(inbox.get())
