@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,11 +24,16 @@ class TypeCounter(Collector):
         self._documentation = documentation
         # Every type is known up front, so a scrape in another thread never sees the dict grow.
         self.counts = dict.fromkeys(sorted(types), 0)
+        # As prometheus_client's own counters do, unless its created series are turned off.
+        self._created = time.time() if getattr(prometheus_metrics, "_use_created", True) else None
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=["type"])
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=["type"])
         for message_type, count in list(self.counts.items()):
-            family.add_metric([message_type], count)
+            family.add_metric([message_type], count, created=self._created)
         yield family
 
 
