@@ -195,8 +195,9 @@ class RoomRegistry:
         event = RoomEvent(
             sender.project_id, message_type, data, sender=sender.client_id, exclude=sender.client_id
         )
-        # Published first: the write to Redis then leaves before the local fan-out starts, so
-        # other instances fan out while this one does.
+        # Published first: the PUBLISH is handed to the socket (written at once unless its
+        # buffer is backed up) before the local fan-out starts, so other instances fan out
+        # while this one does.
         self._broadcaster.publish(event)
         self._fan_out(event)
 

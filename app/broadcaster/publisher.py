@@ -49,7 +49,13 @@ class Publisher:
 
     @classmethod
     async def open(
-        cls, client: Redis, name: str, *, limit: int = 10_000, reply_timeout: float = 2.0
+        cls,
+        client: Redis,
+        name: str,
+        *,
+        limit: int = 10_000,
+        byte_limit: int = 16 * 1024 * 1024,
+        reply_timeout: float = 2.0,
     ) -> Publisher:
         """A new connection with the client's settings (address, TLS, credentials), named
         `name` in `CLIENT LIST`."""
@@ -60,7 +66,7 @@ class Publisher:
             # An ACL may forbid CLIENT; the name is only a courtesy to operators.
             with contextlib.suppress(ResponseError):
                 await connection.read_response()
-            return cls(connection, limit=limit, reply_timeout=reply_timeout)
+            return cls(connection, limit=limit, byte_limit=byte_limit, reply_timeout=reply_timeout)
         except BaseException:
             await connection.disconnect()
             raise
@@ -117,5 +123,8 @@ class Publisher:
     async def aclose(self) -> int:
         """Close the connection; returns how many commands were written but not answered."""
         lost, self._pending = self._pending, 0
+        # abort(), not close(): close() would wait to send what is buffered to a Redis that
+        # may never read it.
+        self._writer.transport.abort()
         await self._connection.disconnect()
         return lost

@@ -241,7 +241,12 @@ class RedisBroadcaster:
             channel = self._room_channel(event.project_id).encode()
             if len(self._channels) < 10_000:
                 self._channels[event.project_id] = channel
-        if not publisher.publish(channel, self._encode(event)):
+        try:
+            sent = publisher.publish(channel, self._encode(event))
+        except Exception as exc:  # the caller's local fan-out must not pay for it
+            sent = False
+            self._fail(exc)
+        if not sent:
             self._metrics.redis_publish_dropped.inc()
 
     async def _guarded(self, operation: Callable[[PubSub], Awaitable[Any]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -85,6 +86,15 @@ class RedisServer:
     def kill_pubsub_clients(self) -> int:
         with self.client() as client:
             return int(client.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open and nothing is read."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def kill_clients_named(self, suffix: str) -> int:
         """Close the connections whose CLIENT SETNAME ends with `suffix`; returns how many."""

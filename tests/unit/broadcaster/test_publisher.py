@@ -97,6 +97,30 @@ async def test_past_its_limit_it_refuses_without_writing(client: Redis) -> None:
     assert await messages(pubsub, 5) == [b"0", b"1", b"2", b"after", b"end"]
 
 
+async def test_refuses_once_redis_stops_reading_and_recovers_when_it_reads_again(
+    client: Redis, redis_server: RedisServer
+) -> None:
+    publisher = await Publisher.open(client, "unit-paused-publisher", byte_limit=64 * 1024)
+    chunk = b"x" * 256 * 1024
+    async with reading(publisher):
+        redis_server.pause()
+        try:
+            accepted = 0
+            # The kernel's socket buffers take a few MiB first; then our own buffer passes
+            # 64 KiB and the next publish is refused, long before the count limit.
+            while accepted < 400 and publisher.publish(CHANNEL, chunk):
+                accepted += 1
+                await asyncio.sleep(0)  # let the transport move what it can to the kernel
+            assert 0 < accepted < 400
+            assert publisher.pending == accepted
+            assert not publisher.publish(CHANNEL, b"small")
+        finally:
+            redis_server.resume()
+        await asyncio.wait_for(publisher.flush(), 10)
+        assert publisher.pending == 0
+        assert publisher.publish(CHANNEL, b"small")
+
+
 async def test_stalled_only_when_a_reply_is_overdue(client: Redis) -> None:
     publisher = await Publisher.open(client, "unit-publisher", reply_timeout=2.0)
     now = time.monotonic()
