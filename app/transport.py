@@ -134,7 +134,8 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
 
     def offer(self, data: bytes, frame: bytes | None = None) -> bool:
         if self._clear:
-            # The transport closes without a close frame of ours when the peer's arrives.
+            # Answering the peer's close frame closes the transport but leaves close_sent
+            # False, so the flag alone does not prove the connection still takes frames.
             if not self.transport.is_closing():
                 # A broadcast is framed once for all its recipients (gorilla's
                 # PreparedMessage): a connection without extensions takes it as is.

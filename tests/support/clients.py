@@ -91,6 +91,9 @@ class RawClient:
             response += chunk
         head, _, self._buffer = response.partition(b"\r\n\r\n")
         self.status = int(head.split(b" ", 2)[1])
+        self.response_head = head.decode("latin-1")
+        # RSV1 of the last frame read: set on a message compressed with permessage-deflate.
+        self.last_rsv1 = False
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
         mask = os.urandom(4)
@@ -117,6 +120,7 @@ class RawClient:
     def read_frame(self) -> tuple[int, bytes]:
         """The next frame (opcode, payload); pings are returned, not answered."""
         first, second = self._read(2)
+        self.last_rsv1 = bool(first & 0x40)
         length = second & 0x7F
         if length == 126:
             (length,) = struct.unpack("!H", self._read(2))
