@@ -59,6 +59,16 @@ async def receive_data(ws: ClientConnection) -> dict[str, Any]:
             return message
 
 
+async def receive_after(ws: ClientConnection, message_type: str) -> dict[str, Any]:
+    """The next message of `message_type`, past resyncs and a cursor that Redis may deliver
+    late once it runs again."""
+    while True:
+        message = await receive(ws)
+        if message["type"] == message_type:
+            return message
+        assert message["type"] in {"presence_state", "cursor_update"}, message
+
+
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     with running_redis() as server:
@@ -283,6 +293,41 @@ async def test_redis_outage_keeps_local_rooms_and_recovers_without_reconnects() 
             events = [json.loads(line).get("event") for line in server.logs().splitlines()]
             assert events.count("redis_disconnected") == 1, "the outage was not logged once"
             assert events.count("redis_reconnected") == 1
+
+
+async def test_frozen_redis_is_noticed_and_survived_without_reconnects() -> None:
+    """Redis that stops answering without closing anything (SIGSTOP: a stuck host, a
+    partition with no reset) must be detected by the timeouts alone."""
+    with running_redis() as redis, cluster(redis) as (one, two):
+        await redis_state(one, two, connected=True)
+        project = "frozen"
+        async with (
+            member(one.ws_url(project, one.token("a"))) as (a, _),
+            member(one.ws_url(project, one.token("b"))) as (b, _),
+            member(two.ws_url(project, two.token("c"))) as (c, _),
+        ):
+            await receive_type(a, "user_joined")
+            await receive_type(a, "user_joined")
+            await receive_type(b, "user_joined")
+
+            redis.pause()
+            try:
+                # Local relay does not wait for a Redis that never answers.
+                await send(a, "cursor_update", {"line": 7, "column": 7})
+                assert (await receive(b))["payload"] == {"line": 7, "column": 7}
+                await redis_state(one, two, connected=False)
+            finally:
+                redis.resume()
+            await redis_state(one, two, connected=True)
+            for ws in (a, b, c):
+                while True:
+                    state = await receive_type(ws, "presence_state")
+                    if {u["user_id"] for u in state["payload"]["users"]} == {"a", "b", "c"}:
+                        break
+            await send(a, "document_update", {"after": "freeze"})
+            assert (await receive_after(c, "document_update"))["payload"] == {"after": "freeze"}
+            await send(c, "document_update", {"back": True})
+            assert (await receive_after(a, "document_update"))["payload"] == {"back": True}
 
 
 async def test_startup_with_redis_unreachable_serves_locally_then_joins() -> None:
