@@ -7,7 +7,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -57,6 +57,22 @@ async def receive_data(ws: ClientConnection) -> dict[str, Any]:
         message = await receive(ws)
         if message["type"] != "presence_state" or not message["payload"].get("resync"):
             return message
+
+
+@contextlib.asynccontextmanager
+async def joined_across(
+    one: ServerProcess, two: ServerProcess, project: str
+) -> AsyncIterator[tuple[ClientConnection, ClientConnection, ClientConnection]]:
+    """a and b on the first instance, c on the second, every join announcement read."""
+    async with (
+        member(one.ws_url(project, one.token("a"))) as (a, _),
+        member(one.ws_url(project, one.token("b"))) as (b, _),
+        member(two.ws_url(project, two.token("c"))) as (c, _),
+    ):
+        await receive_type(a, "user_joined")
+        await receive_type(a, "user_joined")
+        await receive_type(b, "user_joined")
+        yield a, b, c
 
 
 async def receive_after(ws: ClientConnection, message_type: str) -> dict[str, Any]:
@@ -247,15 +263,7 @@ async def test_redis_outage_keeps_local_rooms_and_recovers_without_reconnects() 
     with running_redis() as redis, cluster(redis) as (one, two):
         await redis_state(one, two, connected=True)
         project = "outage"
-        async with (
-            member(one.ws_url(project, one.token("a"))) as (a, _),
-            member(one.ws_url(project, one.token("b"))) as (b, _),
-            member(two.ws_url(project, two.token("c"))) as (c, _),
-        ):
-            await receive_type(a, "user_joined")
-            await receive_type(a, "user_joined")
-            await receive_type(b, "user_joined")
-
+        async with joined_across(one, two, project) as (a, b, c):
             redis.stop()
             await redis_state(one, two, connected=False)
             # Local relay keeps working during the outage, and so does joining.
@@ -301,15 +309,7 @@ async def test_frozen_redis_is_noticed_and_survived_without_reconnects() -> None
     with running_redis() as redis, cluster(redis) as (one, two):
         await redis_state(one, two, connected=True)
         project = "frozen"
-        async with (
-            member(one.ws_url(project, one.token("a"))) as (a, _),
-            member(one.ws_url(project, one.token("b"))) as (b, _),
-            member(two.ws_url(project, two.token("c"))) as (c, _),
-        ):
-            await receive_type(a, "user_joined")
-            await receive_type(a, "user_joined")
-            await receive_type(b, "user_joined")
-
+        async with joined_across(one, two, project) as (a, b, c):
             redis.pause()
             try:
                 # Local relay does not wait for a Redis that never answers.
