@@ -40,7 +40,9 @@ _JOIN = (
     + """
 local first = 1
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
-  if cjson.decode(m)[3] == ARGV[2] then first = 0 break end
+  -- The member itself may be there already: the heartbeat refreshes local members whose
+  -- join is still on its way. Only another connection of the user makes this not the first.
+  if m ~= ARGV[1] and cjson.decode(m)[3] == ARGV[2] then first = 0 break end
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[3]) * 2000))
