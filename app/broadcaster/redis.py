@@ -147,7 +147,6 @@ class RedisBroadcaster:
         self._outbox_limit = outbox_limit
         self._publisher: Publisher | None = None
         self._publisher_task: asyncio.Task[None] | None = None
-        self._channels: dict[str, bytes] = {}
         self._listener: Listener | None = None
         self._pubsub: PubSub | None = None
         self._projects: set[str] = set()
@@ -238,11 +237,7 @@ class RedisBroadcaster:
         if not self._connected or publisher is None:
             self._metrics.redis_publish_dropped.inc()
             return
-        channel = self._channels.get(event.project_id)
-        if channel is None:
-            channel = self._room_channel(event.project_id).encode()
-            if len(self._channels) < 10_000:
-                self._channels[event.project_id] = channel
+        channel = self._room_channel(event.project_id).encode()
         try:
             sent = publisher.publish(channel, self._encode(event))
         except Exception as exc:  # the caller's local fan-out must not pay for it
