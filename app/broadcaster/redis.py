@@ -134,7 +134,7 @@ class RedisBroadcaster:
         instance_id: str | None = None,
         operation_timeout: float = 2.0,
         max_backoff: float = 5.0,
-        outbox_limit: int = 10_000,
+        publish_limit: int = 10_000,
     ) -> None:
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._client = client
@@ -144,7 +144,7 @@ class RedisBroadcaster:
         self._interval = max(0.1, min(presence_ttl / 3, 5.0))
         self._timeout = operation_timeout
         self._max_backoff = max_backoff
-        self._outbox_limit = outbox_limit
+        self._publish_limit = publish_limit
         self._publisher: Publisher | None = None
         self._publisher_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
@@ -365,7 +365,7 @@ class RedisBroadcaster:
             Publisher.open(
                 self._client,
                 f"texflow-ws:{self.instance_id}:publisher",
-                limit=self._outbox_limit,
+                limit=self._publish_limit,
                 reply_timeout=self._timeout,
             ),
             self._timeout,
