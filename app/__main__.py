@@ -9,7 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from app.auth import issue_token
+from app.admission.auth import issue_token
 from app.settings import Settings, SettingsError
 
 DEV_SECRET_FILE = Path(".dev-secret")
@@ -38,7 +38,7 @@ def load_settings() -> Settings:
 
 def _serve(settings: Settings) -> None:
     from app.main import create_app
-    from app.server import serve
+    from app.upgrade.server import serve
 
     if not settings.is_production and settings.jwt_secret:
         token = issue_token(

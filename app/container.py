@@ -7,18 +7,18 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from app.auth import AuthService
+from app.admission.auth import AuthService
+from app.admission.gatekeeper import Gatekeeper
+from app.admission.limits import ConnectionLimiter
+from app.admission.origins import OriginPolicy
+from app.admission.proxies import ClientAddressResolver
 from app.broadcaster.base import Broadcaster
 from app.broadcaster.memory import MemoryBroadcaster
 from app.broadcaster.redis import RedisBroadcaster
-from app.connection import BacklogLimits
-from app.gatekeeper import Gatekeeper
-from app.limits import ConnectionLimiter
+from app.fanout.connection import BacklogLimits
 from app.metrics import Metrics
-from app.origins import OriginPolicy
-from app.proxies import ClientAddressResolver
-from app.registry import RoomRegistry
-from app.session import SessionHandler, SessionLimits
+from app.rooms.registry import RoomRegistry
+from app.session.handler import SessionHandler, SessionLimits
 from app.settings import Settings
 
 

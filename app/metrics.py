@@ -10,7 +10,7 @@ from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
+from app.protocols.json.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
 
 _DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 

@@ -21,9 +21,9 @@ PATCHES = ("gc-freeze",)
 
 
 def gc_freeze() -> None:
-    import app.server
+    import app.upgrade.server
 
-    serve = app.server.serve
+    serve = app.upgrade.server.serve
 
     def frozen_serve(application: Any, settings: Any) -> None:
         gc.collect()
@@ -31,7 +31,7 @@ def gc_freeze() -> None:
         gc.set_threshold(50_000, 20, 20)
         serve(application, settings)
 
-    app.server.serve = frozen_serve  # type: ignore[assignment]
+    app.upgrade.server.serve = frozen_serve  # type: ignore[assignment]
 
 
 def main() -> int:

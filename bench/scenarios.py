@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.auth import issue_token
+from app.admission.auth import issue_token
 from bench.holder import HoldSpec, spec_json
 from bench.loadgen import (
     Client,

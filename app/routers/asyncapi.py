@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app import asyncapi
+from app.protocols.json import asyncapi
 
 router = APIRouter(tags=["protocol"])
 

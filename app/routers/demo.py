@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from app.auth import issue_token
-from app.gatekeeper import PROJECT_ID
+from app.admission.auth import issue_token
+from app.admission.gatekeeper import PROJECT_ID
 from app.routers.deps import container_of
 from app.routers.errors import ApiError
 from app.settings import Settings

@@ -11,12 +11,12 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from app.auth import AuthService
+from app.admission.auth import AuthService
+from app.admission.gatekeeper import Gatekeeper
 from app.broadcaster.base import Broadcaster
 from app.container import Container
-from app.gatekeeper import Gatekeeper
-from app.registry import RoomRegistry
-from app.session import SessionHandler
+from app.rooms.registry import RoomRegistry
+from app.session.handler import SessionHandler
 
 
 def container_of(connection: HTTPConnection) -> Container:

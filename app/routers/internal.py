@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.auth import AuthError, Identity
-from app.gatekeeper import PROJECT_ID
-from app.messages import OpenPayload
+from app.admission.auth import AuthError, Identity
+from app.admission.gatekeeper import PROJECT_ID
+from app.protocols.json.messages import OpenPayload
 from app.routers.deps import AuthDep, RegistryDep
 from app.routers.errors import ApiError, ErrorResponse
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from app.auth import AuthError
+from app.admission.auth import AuthError
 from app.routers.deps import AuthDep, BroadcasterDep, RegistryDep, StatsRoleDep
 from app.routers.errors import ApiError, ErrorResponse
 

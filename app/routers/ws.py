@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.datastructures import Headers, QueryParams
 
-from app.gatekeeper import Rejection
+from app.admission.gatekeeper import Rejection
 from app.routers.deps import GatekeeperDep, SessionsDep
 from app.routers.errors import error_response
 

@@ -27,8 +27,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.server import uvicorn_config
 from app.settings import MIN_PRODUCTION_SECRET_BYTES, Settings, SettingsError, parse_duration
+from app.upgrade.server import uvicorn_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "config" / "kubernetes"

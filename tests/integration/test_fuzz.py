@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from websockets.sync.client import ClientConnection, connect
 
 from app.main import create_app
-from app.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
+from app.protocols.json.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
 from app.settings import Settings
 from tests.support.server import ServerProcess, running_server
 

@@ -11,8 +11,13 @@ import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from app.asyncapi import client_models, message_types
-from app.messages import RELAYED_TYPES, SERVER_ONLY_TYPES, MessageError, parse_client_message
+from app.protocols.json.asyncapi import client_models, message_types
+from app.protocols.json.messages import (
+    RELAYED_TYPES,
+    SERVER_ONLY_TYPES,
+    MessageError,
+    parse_client_message,
+)
 from tests.support.server import ROOT, ServerProcess
 
 pytestmark = pytest.mark.anyio

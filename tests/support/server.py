@@ -16,7 +16,7 @@ from typing import IO
 
 import httpx
 
-from app.auth import issue_token
+from app.admission.auth import issue_token
 
 TEST_SECRET = "test-secret-" + "x" * 40
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.auth import issue_token
+from app.admission.auth import issue_token
 from app.logs import JsonFormatter, log_config, redact
 
 JWT = issue_token("log-test-secret-" + "x" * 32, user_id="alice")

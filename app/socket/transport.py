@@ -16,7 +16,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
-from app.primitives import Flag, Inbox
+from app.socket.primitives import Flag, Inbox
 
 EXTENSION = "texflow.transport"
 
@@ -50,9 +50,9 @@ class FrameTransport(Protocol):
 
 
 class GatewayProtocol(WebSocketsSansIOProtocol):
-    """The WebSocket protocol the service runs on; see `app.server` for how it is configured."""
+    """The WebSocket protocol the service runs on; `app.upgrade.server` configures it."""
 
-    # Set per server by `app.server.protocol_class`, since uvicorn builds protocols itself.
+    # Set per server by `app.upgrade.server.protocol_class`, since uvicorn builds protocols itself.
     write_wait: ClassVar[float] = 10.0
 
     # Whether a broadcast frame can go straight to the socket: accepted, no extension to

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.messages import (
+from app.protocols.json.messages import (
     DURABLE_TYPES,
     EPHEMERAL_TYPES,
     RELAYED_TYPES,

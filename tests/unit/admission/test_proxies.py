@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.proxies import ClientAddressResolver
+from app.admission.proxies import ClientAddressResolver
 
 
 @pytest.mark.parametrize(

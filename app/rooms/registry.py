@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.broadcaster.base import Broadcaster, Member, RoomEvent
-from app.connection import Connection
-from app.messages import encode_envelope
+from app.fanout.connection import Connection
 from app.metrics import Metrics
-from app.transport import text_frame
+from app.protocols.json.messages import encode_envelope
+from app.socket.transport import text_frame
 
 logger = logging.getLogger("texflow.registry")
 

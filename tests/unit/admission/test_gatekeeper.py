@@ -6,14 +6,14 @@ from collections.abc import Mapping
 
 import pytest
 
-from app.auth import AuthService, issue_token
+from app.admission.auth import AuthService, issue_token
+from app.admission.gatekeeper import Gatekeeper, Rejection, Ticket, credentials
+from app.admission.limits import ConnectionLimiter
+from app.admission.origins import OriginPolicy
+from app.admission.proxies import ClientAddressResolver
 from app.broadcaster import MemoryBroadcaster
-from app.gatekeeper import Gatekeeper, Rejection, Ticket, credentials
-from app.limits import ConnectionLimiter
 from app.metrics import Metrics
-from app.origins import OriginPolicy
-from app.proxies import ClientAddressResolver
-from app.registry import RoomRegistry
+from app.rooms.registry import RoomRegistry
 
 SECRET = "gatekeeper-secret-" + "g" * 32
 HOST = "gateway.example.com"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.limits import ConnectionLimiter
+from app.admission.limits import ConnectionLimiter
 
 
 def test_acquire_succeeds_up_to_the_cap() -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from app.auth import MAX_TOKEN_BYTES, AuthError, AuthService, Identity, issue_token
+from app.admission.auth import MAX_TOKEN_BYTES, AuthError, AuthService, Identity, issue_token
 
 SECRET = "unit-test-secret-" + "k" * 32
 OTHER_SECRET = "another-secret-" + "q" * 32

@@ -18,14 +18,14 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from app.auth import AuthError, AuthService
-from app.connection import BacklogLimits, Connection
-from app.gatekeeper import Ticket
-from app.messages import MessageError, parse_client_message, utc_timestamp
+from app.admission.auth import AuthError, AuthService
+from app.admission.gatekeeper import Ticket
+from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
-from app.ratelimit import StrikeCounter, TokenBucket
-from app.registry import RoomRegistry
-from app.transport import transport_of
+from app.protocols.json.messages import MessageError, parse_client_message, utc_timestamp
+from app.rooms.registry import RoomRegistry
+from app.session.ratelimit import StrikeCounter, TokenBucket
+from app.socket.transport import transport_of
 
 logger = logging.getLogger("texflow.session")
 

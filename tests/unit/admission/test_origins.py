@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.origins import OriginPolicy
+from app.admission.origins import OriginPolicy
 
 ANY = OriginPolicy(("*",))
 LISTED = OriginPolicy(("https://App.Example.com/", "http://localhost:3000"))

@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.handshake import http_protocol_class
 from app.logs import log_config
 from app.routers.ws import project_socket
 from app.settings import Settings
-from app.transport import protocol_class
+from app.socket.transport import protocol_class
+from app.upgrade.http import http_protocol_class
 
 
 class GatewayServer(uvicorn.Server):

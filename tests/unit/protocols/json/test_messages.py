@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.messages import (
+from app.protocols.json.messages import (
     DURABLE_TYPES,
     EPHEMERAL_TYPES,
     SERVER_ONLY_TYPES,

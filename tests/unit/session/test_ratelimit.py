@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.ratelimit import StrikeCounter, TokenBucket
+from app.session.ratelimit import StrikeCounter, TokenBucket
 
 
 def test_bucket_allows_a_burst_then_the_rate() -> None:

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from app.broadcaster import MemoryBroadcaster, MemoryBus, RoomEvent
-from app.connection import BacklogLimits, Connection
+from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
-from app.registry import CLOSE_SERVICE_RESTART, RoomRegistry
+from app.rooms.registry import CLOSE_SERVICE_RESTART, RoomRegistry
 from tests.unit.fakes import FakeTransport
 
 pytestmark = pytest.mark.anyio
@@ -541,7 +541,7 @@ async def test_refresh_requests_before_the_state_is_read_coalesce(cluster: Clust
 async def test_relay_from_someone_alone_frames_nothing(
     registry: RoomRegistry, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.registry
+    import app.rooms.registry
 
     alice = await joined(registry, metrics, "a1", "alice")
     alice.take()
@@ -551,7 +551,7 @@ async def test_relay_from_someone_alone_frames_nothing(
         framed.append(data)
         return data
 
-    monkeypatch.setattr(app.registry, "text_frame", recording_frame)
+    monkeypatch.setattr(app.rooms.registry, "text_frame", recording_frame)
 
     registry.relay(alice.connection, "yjs_update", {"update": "AQID"})
     assert framed == []

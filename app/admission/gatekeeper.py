@@ -6,12 +6,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.auth import AuthError, AuthService, Identity
-from app.limits import ConnectionLimiter
+from app.admission.auth import AuthError, AuthService, Identity
+from app.admission.limits import ConnectionLimiter
+from app.admission.origins import OriginPolicy
+from app.admission.proxies import ClientAddressResolver
 from app.metrics import Metrics
-from app.origins import OriginPolicy
-from app.proxies import ClientAddressResolver
-from app.registry import RoomRegistry
+from app.rooms.registry import RoomRegistry
 
 PROJECT_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 BEARER_SUBPROTOCOL = "bearer"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.primitives import Flag, Inbox
+from app.socket.primitives import Flag, Inbox
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.messages import EPHEMERAL_TYPES
-from app.transport import CLOSE_TRY_AGAIN_LATER, FrameTransport
+from app.protocols.json.messages import EPHEMERAL_TYPES
+from app.socket.transport import CLOSE_TRY_AGAIN_LATER, FrameTransport
 
 
 class BacklogObserver(Protocol):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.connection import BacklogLimits, Connection
-from app.transport import CLOSE_TRY_AGAIN_LATER
+from app.fanout.connection import BacklogLimits, Connection
+from app.socket.transport import CLOSE_TRY_AGAIN_LATER
 from tests.unit.fakes import FakeTransport, RecordingObserver
 
 ROOMY = BacklogLimits(messages=100, bytes=1_000_000)

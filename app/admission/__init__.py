@@ -1,0 +1,1 @@
+"""Admission: every check an upgrade passes before the handshake (origin, token, caps)."""

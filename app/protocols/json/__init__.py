@@ -1,0 +1,1 @@
+"""The JSON text protocol of `/ws/`: message models, codec and AsyncAPI document."""

@@ -1,0 +1,1 @@
+"""Session: the life of one accepted WebSocket, from join to leave."""

@@ -1,0 +1,1 @@
+"""Socket: the WebSocket protocol under every connection, extended with sends that never wait."""

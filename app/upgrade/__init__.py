@@ -1,0 +1,1 @@
+"""Upgrade: the HTTP server, its request limits, and the entry that routes WebSocket upgrades."""
