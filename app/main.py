@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.container import Container
+from app.errors import Refusal
 from app.routers import asyncapi, demo, health, internal, stats, ws
-from app.routers.errors import ApiError, error_response
+from app.routers.errors import error_response, refusal_response
 from app.settings import Settings
 
 DESCRIPTION = """\
@@ -62,9 +63,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             allow_headers=["Authorization"],
         )
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    @app.exception_handler(Refusal)
+    async def refused(request: Request, exc: Refusal) -> JSONResponse:
+        return refusal_response(exc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

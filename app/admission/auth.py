@@ -10,6 +10,8 @@ from typing import Any
 from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
+from app.errors import Refusal
+
 # Tokens larger than this are refused before any parsing: no identity needs more.
 MAX_TOKEN_BYTES = 8192
 
@@ -29,18 +31,8 @@ class Identity:
         return self.projects is None or project_id in self.projects
 
 
-class AuthError(Exception):
-    """A token was refused; carries the HTTP status and error code the client is given."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _unauthorized(message: str) -> AuthError:
-    return AuthError(401, "unauthorized", message)
+def _unauthorized(message: str) -> Refusal:
+    return Refusal("unauthorized", message, status=401)
 
 
 class AuthService:
@@ -65,7 +57,7 @@ class AuthService:
         return tuple(self._keys)
 
     def verify(self, token: str | None) -> Identity:
-        """Return the identity in `token`, or raise AuthError(401)."""
+        """Return the identity in `token`, or raise a 401 Refusal."""
         if not token:
             raise _unauthorized("a token is required: ?token=, or Authorization: Bearer")
         if len(token) > MAX_TOKEN_BYTES:
@@ -100,10 +92,12 @@ class AuthService:
         return _identity(claims)
 
     def authenticate(self, token: str | None, project_id: str) -> Identity:
-        """Verify `token` and check that it may join `project_id` (AuthError 401 or 403)."""
+        """Verify `token` and check that it may join `project_id` (a Refusal, 401 or 403)."""
         identity = self.verify(token)
         if not identity.may_join(project_id):
-            raise AuthError(403, "forbidden", "the token does not grant access to this project")
+            raise Refusal(
+                "forbidden", "the token does not grant access to this project", status=403
+            )
         return identity
 
 

@@ -6,25 +6,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.admission.auth import AuthError, AuthService, Identity
+from app.admission.auth import AuthService, Identity
 from app.admission.limits import ConnectionLimiter
 from app.admission.origins import OriginPolicy
 from app.admission.proxies import ClientAddressResolver
+from app.errors import Refusal
 from app.metrics import Metrics
 from app.rooms.registry import RoomRegistry
 
 PROJECT_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 BEARER_SUBPROTOCOL = "bearer"
-
-
-class Rejection(Exception):
-    """An upgrade refused with an HTTP status and a JSON `{"error", "message"}` body."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(slots=True)
@@ -102,7 +93,7 @@ class Gatekeeper:
     ) -> Ticket:
         try:
             return self._check(project_id, headers, query, peer, subprotocols)
-        except Rejection as rejection:
+        except Refusal as rejection:
             self._metrics.rejected_upgrades.labels(rejection.code).inc()
             raise
 
@@ -118,28 +109,28 @@ class Gatekeeper:
         subprotocols: Sequence[str],
     ) -> Ticket:
         if not self._registry.accepting:
-            raise Rejection(503, "shutting_down", "this instance is not accepting connections")
+            raise Refusal("shutting_down", "this instance is not accepting connections", status=503)
         if PROJECT_ID.fullmatch(project_id) is None:
-            raise Rejection(
-                400,
+            raise Refusal(
                 "invalid_project_id",
                 "expected a project id of 1-128 characters from A-Z a-z 0-9 _ . -",
             )
         if not self._origins.allows(headers.get("origin"), headers.get("host")):
-            raise Rejection(403, "origin_not_allowed", "this Origin may not open WebSockets here")
+            raise Refusal(
+                "origin_not_allowed", "this Origin may not open WebSockets here", status=403
+            )
         found = credentials(headers, query, subprotocols)
-        try:
-            identity = self._auth.authenticate(found.token, project_id)
-        except AuthError as exc:
-            raise Rejection(exc.status, exc.code, exc.message) from None
+        identity = self._auth.authenticate(found.token, project_id)
         ip = self._addresses.resolve(peer, headers)
         if not self._ip_limiter.acquire(ip):
-            raise Rejection(
-                429, "too_many_connections", "too many open connections from this address"
+            raise Refusal(
+                "too_many_connections", "too many open connections from this address", status=429
             )
         if not self._user_limiter.acquire(identity.user_id):
             self._ip_limiter.release(ip)
-            raise Rejection(429, "too_many_connections", "too many open connections for this user")
+            raise Refusal(
+                "too_many_connections", "too many open connections for this user", status=429
+            )
         return Ticket(
             project_id=project_id,
             identity=identity,

@@ -13,8 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.errors import CloseCode
 from app.protocols.json.messages import EPHEMERAL_TYPES
-from app.socket.transport import CLOSE_TRY_AGAIN_LATER, FrameTransport
+from app.socket.transport import FrameTransport
 
 
 class BacklogObserver(Protocol):
@@ -125,7 +126,7 @@ class Connection:
                 self._observer.dropped(message_type)
                 return
             self._observer.slow_consumer_closed()
-            self.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
             return
         entry = _Entry(data)
         backlog.append(entry)

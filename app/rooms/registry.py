@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.broadcaster.base import Broadcaster, Member, RoomEvent
+from app.errors import CloseCode
 from app.fanout.connection import Connection
 from app.metrics import Metrics
 from app.protocols.json.messages import encode_envelope
@@ -19,8 +20,6 @@ from app.socket.transport import text_frame
 
 logger = logging.getLogger("texflow.registry")
 
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_ACCESS_REVOKED = 4003
 # A control event between instances: close a user's connections in the project.
 REVOKE = "texflow.revoke"
 # A control event between instances: presence in the project may have changed unseen.
@@ -84,7 +83,7 @@ class RoomRegistry:
         """Close what is still open, let sessions leave (bounded), then stop the broadcaster."""
         self.accepting = False
         for connection in self._connections():
-            connection.close(CLOSE_SERVICE_RESTART, "service restart")
+            connection.close(CloseCode.SERVICE_RESTART, "service restart")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         await self._broadcaster.stop()
@@ -109,7 +108,7 @@ class RoomRegistry:
         pause = window * 0.5 / batches
         for index in range(batches):
             for connection in connections[index::batches]:
-                connection.close(CLOSE_SERVICE_RESTART, "service restart")
+                connection.close(CloseCode.SERVICE_RESTART, "service restart")
             if index + 1 < batches:
                 await asyncio.sleep(pause)
         with contextlib.suppress(TimeoutError):
@@ -251,7 +250,7 @@ class RoomRegistry:
                 "error",
                 {"code": "access_revoked", "message": "access to this project was revoked"},
             )
-            connection.close(CLOSE_ACCESS_REVOKED, "access revoked")
+            connection.close(CloseCode.ACCESS_REVOKED, "access revoked")
         return len(doomed)
 
     def _announce(self, connection: Connection, message_type: str) -> None:

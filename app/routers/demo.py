@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from app.admission.auth import issue_token
 from app.admission.gatekeeper import PROJECT_ID
+from app.errors import Refusal
 from app.routers.deps import container_of
-from app.routers.errors import ApiError
 from app.settings import Settings
 
 USER_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -55,9 +55,9 @@ def _settings(connection: HTTPConnection) -> Settings:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _not_found() -> ApiError:
+def _not_found() -> Refusal:
     # The same answer as an unknown path, so a disabled demo does not announce itself.
-    return ApiError(404, "not_found", "Not Found")
+    return Refusal("not_found", "Not Found", status=404)
 
 
 def _page_enabled(settings: Settings) -> None:
@@ -95,12 +95,14 @@ async def _json_body(request: Request) -> object:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, "payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes")
+            raise Refusal(
+                "payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes", status=413
+            )
     try:
         return json.loads(body)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
-        raise ApiError(
-            400, "invalid_json", 'expected a JSON object {"user": ..., "project": ...}'
+        raise Refusal(
+            "invalid_json", 'expected a JSON object {"user": ..., "project": ...}'
         ) from None
 
 
@@ -112,20 +114,19 @@ async def demo_token(request: Request, settings: SettingsDep) -> DemoToken:
     if settings.is_production:
         raise _not_found()
     if not settings.jwt_secret:
-        raise ApiError(
-            404,
+        raise Refusal(
             "not_found",
             "minting demo tokens needs JWT_SECRET (HS256): paste a token into the page instead",
+            status=404,
         )
     body = await _json_body(request)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", 'expected a JSON object {"user": ..., "project": ...}')
+        raise Refusal("invalid_json", 'expected a JSON object {"user": ..., "project": ...}')
     user, project = body.get("user"), body.get("project")
     if not isinstance(user, str) or USER_ID.fullmatch(user) is None:
-        raise ApiError(400, "invalid_user", "expected user: 1-64 characters from A-Z a-z 0-9 _ . -")
+        raise Refusal("invalid_user", "expected user: 1-64 characters from A-Z a-z 0-9 _ . -")
     if not isinstance(project, str) or PROJECT_ID.fullmatch(project) is None:
-        raise ApiError(
-            400,
+        raise Refusal(
             "invalid_project_id",
             "expected project: 1-128 characters from A-Z a-z 0-9 _ . -",
         )

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.admission.auth import AuthError, Identity
+from app.admission.auth import Identity
 from app.admission.gatekeeper import PROJECT_ID
+from app.errors import Refusal
 from app.protocols.json.messages import OpenPayload
 from app.routers.deps import AuthDep, RegistryDep
-from app.routers.errors import ApiError, ErrorResponse
+from app.routers.errors import ErrorResponse
 
 SERVICE_ROLE = "service"
 MAX_BODY_BYTES = 1024 * 1024
@@ -37,13 +38,12 @@ def service_identity(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(service_bearer)],
 ) -> Identity:
     if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes")
-    try:
-        identity = auth.verify(credentials.credentials if credentials else None)
-    except AuthError as exc:
-        raise ApiError(401, "unauthorized", exc.message, {"WWW-Authenticate": "Bearer"}) from None
+        raise Refusal("payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes", status=413)
+    identity = auth.verify(credentials.credentials if credentials else None)
     if SERVICE_ROLE not in identity.roles:
-        raise ApiError(403, "forbidden", "this endpoint is for services: expected role 'service'")
+        raise Refusal(
+            "forbidden", "this endpoint is for services: expected role 'service'", status=403
+        )
     return identity
 
 
@@ -53,8 +53,7 @@ ProjectId = Annotated[str, Path(description="1-128 characters of A-Z a-z 0-9 _ .
 
 def _checked(project_id: str) -> str:
     if PROJECT_ID.fullmatch(project_id) is None:
-        raise ApiError(
-            400,
+        raise Refusal(
             "invalid_project_id",
             "expected a project id of 1-128 characters from A-Z a-z 0-9 _ . -",
         )

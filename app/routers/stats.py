@@ -9,9 +9,9 @@ from fastapi import APIRouter, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from app.admission.auth import AuthError
+from app.errors import Refusal
 from app.routers.deps import AuthDep, BroadcasterDep, RegistryDep, StatsRoleDep
-from app.routers.errors import ApiError, ErrorResponse
+from app.routers.errors import ErrorResponse
 
 router = APIRouter(tags=["stats"])
 
@@ -63,12 +63,9 @@ async def stats(
     required_role: StatsRoleDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> StatsResponse:
-    try:
-        identity = auth.verify(credentials.credentials if credentials else None)
-    except AuthError as exc:
-        raise ApiError(401, "unauthorized", exc.message, {"WWW-Authenticate": "Bearer"}) from None
+    identity = auth.verify(credentials.credentials if credentials else None)
     if required_role is not None and required_role not in identity.roles:
-        raise ApiError(403, "forbidden", f"expected a token with the role {required_role!r}")
+        raise Refusal("forbidden", f"expected a token with the role {required_role!r}", status=403)
     rooms = [
         RoomStats(
             room_id=room.room_id,

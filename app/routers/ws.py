@@ -7,9 +7,9 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.datastructures import Headers, QueryParams
 
-from app.admission.gatekeeper import Rejection
+from app.errors import Refusal
 from app.routers.deps import GatekeeperDep, SessionsDep
-from app.routers.errors import error_response
+from app.routers.errors import refusal_response
 
 router = APIRouter()
 logger = logging.getLogger("texflow.ws")
@@ -32,7 +32,7 @@ async def project_socket(
             peer=peer,
             subprotocols=scope.get("subprotocols", []),
         )
-    except Rejection as rejection:
+    except Refusal as rejection:
         logger.info(
             "upgrade refused",
             extra={
@@ -42,9 +42,6 @@ async def project_socket(
                 "ip": gatekeeper.client_address(peer, headers),
             },
         )
-        challenge = {"WWW-Authenticate": "Bearer"} if rejection.status == 401 else None
-        await websocket.send_denial_response(
-            error_response(rejection.status, rejection.code, rejection.message, challenge)
-        )
+        await websocket.send_denial_response(refusal_response(rejection))
         return
     await sessions.run(websocket, ticket)

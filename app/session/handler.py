@@ -18,21 +18,17 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from app.admission.auth import AuthError, AuthService
+from app.admission.auth import AuthService
 from app.admission.gatekeeper import Ticket
+from app.errors import CloseCode, Refusal
 from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
-from app.protocols.json.messages import MessageError, parse_client_message, utc_timestamp
+from app.protocols.json.messages import parse_client_message, utc_timestamp
 from app.rooms.registry import RoomRegistry
 from app.session.ratelimit import StrikeCounter, TokenBucket
 from app.socket.transport import transport_of
 
 logger = logging.getLogger("texflow.session")
-
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TOKEN_EXPIRED = 4001
-CLOSE_ACCESS_REVOKED = 4003
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +117,7 @@ class _Expiry:
                 "expired_at": self._deadline_text(),
             },
         )
-        self._connection.close(CLOSE_TOKEN_EXPIRED, "token expired")
+        self._connection.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
 
 class SessionHandler:
@@ -153,7 +149,7 @@ class SessionHandler:
                     "server has no texflow transport; start it with `python -m app`",
                     extra={"event": "ws_misconfigured"},
                 )
-                await websocket.close(CLOSE_INTERNAL_ERROR, "server misconfigured")
+                await websocket.close(CloseCode.INTERNAL_ERROR, "server misconfigured")
                 return
             identity = ticket.identity
             connection = Connection(
@@ -179,7 +175,7 @@ class SessionHandler:
         expiry = _Expiry(
             self._registry, connection, self._limits.expiry_warning, self._limits.leeway
         )
-        code, reason = 1006, ""
+        code, reason = 1006, ""  # no close frame: never sent, only reported
         try:
             await self._registry.join(connection)
             expiry.schedule(ticket.identity.expires_at)
@@ -232,20 +228,18 @@ class SessionHandler:
                     "closing a connection that keeps sending refused messages",
                     extra={"event": "ws_abuse", "client_id": connection.client_id},
                 )
-                connection.close(CLOSE_POLICY_VIOLATION, "too many refused messages")
+                connection.close(CloseCode.POLICY_VIOLATION, "too many refused messages")
 
     def _handle(self, connection: Connection, text: str | None, expiry: _Expiry) -> bool:
         """Handle one message within the rate limit; False when it was refused."""
         if text is None:
             return self._refuse(
                 connection,
-                MessageError(
-                    "unsupported_frame", "binary frames are not supported: send JSON text"
-                ),
+                Refusal("unsupported_frame", "binary frames are not supported: send JSON text"),
             )
         try:
             message = parse_client_message(text)
-        except MessageError as error:
+        except Refusal as error:
             return self._refuse(connection, error)
         try:
             self._metrics.received(message.type)
@@ -271,15 +265,15 @@ class SessionHandler:
     def _refresh(self, connection: Connection, token: str, expiry: _Expiry) -> bool:
         try:
             identity = self._auth.verify(token)
-        except AuthError as exc:
-            return self._refuse(connection, MessageError("invalid_token", exc.message))
+        except Refusal as exc:
+            return self._refuse(connection, Refusal("invalid_token", exc.message))
         if identity.user_id != connection.user_id or not identity.may_join(connection.project_id):
             self._registry.send(
                 connection,
                 "error",
                 {"code": "forbidden", "message": "the new token is for another user or project"},
             )
-            connection.close(CLOSE_ACCESS_REVOKED, "token refused")
+            connection.close(CloseCode.ACCESS_REVOKED, "token refused")
             return True
         expiry.schedule(identity.expires_at)
         self._registry.send(
@@ -289,7 +283,7 @@ class SessionHandler:
         )
         return True
 
-    def _refuse(self, connection: Connection, error: MessageError) -> bool:
+    def _refuse(self, connection: Connection, error: Refusal) -> bool:
         self._metrics.received("invalid")
         self._registry.send(connection, "error", error.payload())
         return False

@@ -16,11 +16,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
+from app.errors import CloseCode
 from app.socket.primitives import Flag, Inbox
 
 EXTENSION = "texflow.transport"
-
-CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class FrameTransport(Protocol):
@@ -199,7 +198,7 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait(
             {
                 "type": "websocket.disconnect",
-                "code": CLOSE_TRY_AGAIN_LATER,
+                "code": CloseCode.TRY_AGAIN_LATER,
                 "reason": "write timeout",
             }
         )

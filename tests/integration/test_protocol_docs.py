@@ -11,11 +11,11 @@ import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from app.errors import Refusal
 from app.protocols.json.asyncapi import client_models, message_types
 from app.protocols.json.messages import (
     RELAYED_TYPES,
     SERVER_ONLY_TYPES,
-    MessageError,
     parse_client_message,
 )
 from tests.support.server import ROOT, ServerProcess
@@ -40,7 +40,7 @@ def accepted_types() -> set[str]:
         try:
             parse_client_message(f'{{"type": "{name}", "payload": {{}}}}')
             accepted.add(name)
-        except MessageError as error:
+        except Refusal as error:
             if error.code == "invalid_message":  # known type, empty payload not enough
                 accepted.add(name)
     return accepted

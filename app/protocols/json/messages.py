@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import to_json
 
+from app.errors import Refusal
+
 # Cursor, selection, typing and awareness only matter in their latest state: a backed-up
 # connection may coalesce them. The rest change the document and must arrive.
 EPHEMERAL_TYPES = frozenset({"cursor_update", "selection", "user_typing", "yjs_awareness"})
@@ -284,54 +286,36 @@ class Envelope(BaseModel):
     client_id: str = Field(description="Server-assigned id of the sending connection")
 
 
-class MessageError(Exception):
-    """A client message was refused; becomes an `error` message to its sender only."""
-
-    def __init__(
-        self, code: str, message: str, details: list[dict[str, str]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-    def payload(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return body
-
-
 def parse_client_message(text: str | bytes) -> ClientMessage:
-    """Validate one incoming text frame, raising MessageError with a client-safe explanation."""
+    """Validate one incoming text frame, raising Refusal with a client-safe explanation."""
     try:
         return CLIENT_MESSAGE.validate_json(text)
     except ValidationError as exc:
         raise _explain(exc) from None
 
 
-def _explain(exc: ValidationError) -> MessageError:
+def _explain(exc: ValidationError) -> Refusal:
     # Pydantic's messages are kept, its `input` and `ctx` never: nothing the client sent is
     # echoed back.
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     first = errors[0]
     kind = first["type"]
     if kind == "json_invalid":
-        return MessageError("invalid_json", "message is not valid JSON")
+        return Refusal("invalid_json", "message is not valid JSON")
     if kind in {"model_attributes_type", "model_type", "dict_type"} and not first["loc"]:
-        return MessageError("invalid_message", "expected a JSON object with type and payload")
+        return Refusal("invalid_message", "expected a JSON object with type and payload")
     if kind == "union_tag_not_found":
-        return MessageError("invalid_message", "expected a 'type' field naming the message type")
+        return Refusal("invalid_message", "expected a 'type' field naming the message type")
     if kind == "union_tag_invalid":
         tag = exc.errors(include_url=False)[0].get("ctx", {}).get("tag")
         if tag in SERVER_ONLY_TYPES:
-            return MessageError("server_only_type", "this message type is sent by the server only")
-        return MessageError("unknown_type", "unknown message type")
+            return Refusal("server_only_type", "this message type is sent by the server only")
+        return Refusal("unknown_type", "unknown message type")
     details = [
         {"loc": ".".join(str(part) for part in error["loc"][1:]), "msg": error["msg"]}
         for error in errors[:MAX_ERROR_DETAILS]
     ]
-    return MessageError("invalid_message", "message failed validation", details)
+    return Refusal("invalid_message", "message failed validation", details=details)
 
 
 def utc_timestamp(now: datetime | None = None) -> str:

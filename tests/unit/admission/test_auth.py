@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from app.admission.auth import MAX_TOKEN_BYTES, AuthError, AuthService, Identity, issue_token
+from app.admission.auth import MAX_TOKEN_BYTES, AuthService, Identity, issue_token
+from app.errors import Refusal
 
 SECRET = "unit-test-secret-" + "k" * 32
 OTHER_SECRET = "another-secret-" + "q" * 32
@@ -92,8 +93,8 @@ def hand_signed(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes
     return f"{signing_input}.{_segment(digest)}"
 
 
-def refusal(service: AuthService, token: str | None) -> AuthError:
-    with pytest.raises(AuthError) as info:
+def refusal(service: AuthService, token: str | None) -> Refusal:
+    with pytest.raises(Refusal) as info:
         service.verify(token)
     return info.value
 
@@ -355,7 +356,7 @@ def test_project_id_claim_limits_the_token_to_that_project(hs_only: AuthService)
     token = hs256(claims(project_id="p1"))
 
     assert hs_only.authenticate(token, "p1").projects == frozenset({"p1"})
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         hs_only.authenticate(token, "p2")
     assert (info.value.status, info.value.code) == (403, "forbidden")
 
@@ -364,7 +365,7 @@ def test_projects_claim_lists_the_allowed_projects(hs_only: AuthService) -> None
     token = hs256(claims(projects=["p1", "p2"]))
 
     assert hs_only.authenticate(token, "p2").user_id == "alice"
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         hs_only.authenticate(token, "p3")
     assert info.value.status == 403
 
@@ -376,14 +377,14 @@ def test_project_id_and_projects_claims_are_combined(hs_only: AuthService) -> No
 
 
 def test_empty_projects_claim_grants_no_project(hs_only: AuthService) -> None:
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         hs_only.authenticate(hs256(claims(projects=[])), "p1")
 
     assert info.value.code == "forbidden"
 
 
 def test_authenticate_reports_a_bad_token_as_401_not_403(hs_only: AuthService) -> None:
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         hs_only.authenticate(issue_token(OTHER_SECRET, user_id="alice", projects=["p1"]), "p2")
 
     assert (info.value.status, info.value.code) == (401, "unauthorized")
@@ -431,7 +432,7 @@ def test_oversized_token_is_refused_before_parsing(hs_only: AuthService) -> None
 
 
 def test_auth_error_carries_status_code_and_message() -> None:
-    error = AuthError(401, "unauthorized", "token expired")
+    error = Refusal("unauthorized", "token expired", status=401)
 
     assert (error.status, error.code, error.message) == (401, "unauthorized", "token expired")
     assert str(error) == "token expired"

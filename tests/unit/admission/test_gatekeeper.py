@@ -7,11 +7,12 @@ from collections.abc import Mapping
 import pytest
 
 from app.admission.auth import AuthService, issue_token
-from app.admission.gatekeeper import Gatekeeper, Rejection, Ticket, credentials
+from app.admission.gatekeeper import Gatekeeper, Ticket, credentials
 from app.admission.limits import ConnectionLimiter
 from app.admission.origins import OriginPolicy
 from app.admission.proxies import ClientAddressResolver
 from app.broadcaster import MemoryBroadcaster
+from app.errors import Refusal
 from app.metrics import Metrics
 from app.rooms.registry import RoomRegistry
 
@@ -93,8 +94,8 @@ def rejection(
     header_map: Mapping[str, str] | None = None,
     query: Mapping[str, str] | None = None,
     ip: str = IP,
-) -> Rejection:
-    with pytest.raises(Rejection) as info:
+) -> Refusal:
+    with pytest.raises(Refusal) as info:
         admit(gatekeeper, project_id=project_id, header_map=header_map, query=query, ip=ip)
     return info.value
 
@@ -362,7 +363,7 @@ def test_bearer_subprotocol_comes_first_and_is_selected(gatekeeper: Gatekeeper) 
 
 
 def test_bearer_subprotocol_without_a_token_is_401(gatekeeper: Gatekeeper) -> None:
-    with pytest.raises(Rejection) as info:
+    with pytest.raises(Refusal) as info:
         gatekeeper.admit(
             project_id="p1", headers=headers(), query={}, peer=IP, subprotocols=["bearer"]
         )
@@ -384,7 +385,7 @@ def test_per_user_cap_refuses_with_429_and_frees_the_ip_slot(
     )
     first = admit(keeper)
     admit(keeper)
-    with pytest.raises(Rejection) as info:
+    with pytest.raises(Refusal) as info:
         admit(keeper)
     assert (info.value.status, info.value.code) == (429, "too_many_connections")
     assert "user" in info.value.message

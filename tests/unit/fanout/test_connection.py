@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.errors import CloseCode
 from app.fanout.connection import BacklogLimits, Connection
-from app.socket.transport import CLOSE_TRY_AGAIN_LATER
 from tests.unit.fakes import FakeTransport, RecordingObserver
 
 ROOMY = BacklogLimits(messages=100, bytes=1_000_000)
@@ -264,7 +264,7 @@ def test_message_limit_holds_after_a_partial_flush(
 
     connection.deliver(b"doc-2", "document_update", "a")  # doc-1 and a-2 already wait
 
-    assert full.closes == [(CLOSE_TRY_AGAIN_LATER, "slow consumer")]
+    assert full.closes == [(CloseCode.TRY_AGAIN_LATER, "slow consumer")]
 
 
 # Limits
@@ -280,7 +280,7 @@ def test_durable_message_past_the_message_limit_closes_with_1013(
 
     connection.deliver(b"d2", "yjs_update", "a")
 
-    assert full.closes == [(CLOSE_TRY_AGAIN_LATER, "slow consumer")]
+    assert full.closes == [(CloseCode.TRY_AGAIN_LATER, "slow consumer")]
     assert observer.slow_closes == 1
     assert observer.dropped_types == []
     assert connection.backlog == 0
@@ -296,7 +296,7 @@ def test_durable_message_past_the_byte_limit_closes_with_1013(
 
     connection.deliver(b"x", "document_update", "a")
 
-    assert full.closes == [(CLOSE_TRY_AGAIN_LATER, "slow consumer")]
+    assert full.closes == [(CloseCode.TRY_AGAIN_LATER, "slow consumer")]
     assert observer.slow_closes == 1
 
 
@@ -372,7 +372,7 @@ def test_nothing_is_sent_after_a_slow_consumer_close(
     full.drain()
 
     assert full.sent == []
-    assert full.closes == [(CLOSE_TRY_AGAIN_LATER, "slow consumer")]
+    assert full.closes == [(CloseCode.TRY_AGAIN_LATER, "slow consumer")]
     assert observer.slow_closes == 1
 
 

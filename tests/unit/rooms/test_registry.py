@@ -10,9 +10,10 @@ import anyio
 import pytest
 
 from app.broadcaster import MemoryBroadcaster, MemoryBus, RoomEvent
+from app.errors import CloseCode
 from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
-from app.rooms.registry import CLOSE_SERVICE_RESTART, RoomRegistry
+from app.rooms.registry import RoomRegistry
 from tests.unit.fakes import FakeTransport
 
 pytestmark = pytest.mark.anyio
@@ -317,8 +318,8 @@ async def test_stop_closes_every_connection_with_1012(metrics: Metrics) -> None:
     await registry.stop(grace=0)
 
     assert not registry.accepting
-    assert alice.transport.closes == [(CLOSE_SERVICE_RESTART, "service restart")]
-    assert bob.transport.closes == [(CLOSE_SERVICE_RESTART, "service restart")]
+    assert alice.transport.closes == [(CloseCode.SERVICE_RESTART, "service restart")]
+    assert bob.transport.closes == [(CloseCode.SERVICE_RESTART, "service restart")]
 
 
 async def test_drain_stops_accepting_and_closes_every_connection(
@@ -330,7 +331,7 @@ async def test_drain_stops_accepting_and_closes_every_connection(
 
     assert not registry.accepting
     for client in clients:
-        assert client.transport.closes == [(CLOSE_SERVICE_RESTART, "service restart")]
+        assert client.transport.closes == [(CloseCode.SERVICE_RESTART, "service restart")]
 
 
 async def test_room_counts_lists_connections_per_project(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.errors import Refusal
 from app.protocols.json.messages import (
     DURABLE_TYPES,
     EPHEMERAL_TYPES,
@@ -18,7 +19,6 @@ from app.protocols.json.messages import (
     CompilationStarted,
     CursorUpdate,
     DocumentUpdate,
-    MessageError,
     Ping,
     Selection,
     UserTyping,
@@ -42,8 +42,8 @@ def relayed(message: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def refusal(text: str | bytes) -> MessageError:
-    with pytest.raises(MessageError) as info:
+def refusal(text: str | bytes) -> Refusal:
+    with pytest.raises(Refusal) as info:
         parse_client_message(text)
     return info.value
 
@@ -443,9 +443,9 @@ def test_encode_envelope_returns_json_bytes_with_exactly_the_envelope_keys() -> 
 
 
 def test_message_error_payload_omits_empty_details() -> None:
-    assert MessageError("x", "y").payload() == {"code": "x", "message": "y"}
-    assert MessageError("x", "y", []).payload() == {"code": "x", "message": "y"}
-    assert MessageError("x", "y", [{"loc": "a", "msg": "b"}]).payload() == {
+    assert Refusal("x", "y").payload() == {"code": "x", "message": "y"}
+    assert Refusal("x", "y", details=[]).payload() == {"code": "x", "message": "y"}
+    assert Refusal("x", "y", details=[{"loc": "a", "msg": "b"}]).payload() == {
         "code": "x",
         "message": "y",
         "details": [{"loc": "a", "msg": "b"}],
