@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.admission.auth import issue_token
 from app.settings import Settings, SettingsError
+from app.socket.contract import ContractError
 
 DEV_SECRET_FILE = Path(".dev-secret")
 
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             _serve(settings)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ContractError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
     return 0
 
