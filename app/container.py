@@ -17,7 +17,9 @@ from app.broadcaster.memory import MemoryBroadcaster
 from app.broadcaster.redis import RedisBroadcaster
 from app.fanout.connection import BacklogLimits
 from app.metrics import Metrics
+from app.protocols.json.codec import JsonCodec
 from app.rooms.registry import RoomRegistry
+from app.routers.ws import SocketEndpoint
 from app.session.handler import SessionHandler, SessionLimits
 from app.settings import Settings
 
@@ -72,7 +74,12 @@ class Container(containers.DeclarativeContainer):
         ClientAddressResolver, trusted=settings.provided.trusted_proxies
     )
     broadcaster = providers.Singleton(broadcaster_for, settings=settings, metrics=metrics)
-    registry = providers.Singleton(RoomRegistry, broadcaster=broadcaster, metrics=metrics)
+    registry = providers.Singleton(
+        RoomRegistry,
+        broadcaster=broadcaster,
+        metrics=metrics,
+        grace=settings.provided.room_grace,
+    )
     gatekeeper = providers.Singleton(
         Gatekeeper,
         auth=auth,
@@ -104,4 +111,13 @@ class Container(containers.DeclarativeContainer):
         auth=auth,
         backlog=backlog_limits,
         limits=session_limits,
+    )
+    json_codec = providers.Singleton(JsonCodec)
+    # The one table of WebSocket routes: a path prefix per wire protocol.
+    sockets = providers.Dict(
+        {
+            "/ws/": providers.Singleton(
+                SocketEndpoint, gatekeeper=gatekeeper, sessions=sessions, codec=json_codec
+            ),
+        }
     )

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from app.container import Container
 from app.errors import Refusal
-from app.routers import asyncapi, demo, health, internal, stats, ws
+from app.routers import asyncapi, demo, health, internal, stats
 from app.routers.errors import error_response, refusal_response
 from app.settings import Settings
 
@@ -51,7 +51,6 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(stats.router)
     app.include_router(internal.router)
     app.include_router(asyncapi.router)
-    app.include_router(ws.router)
     app.include_router(demo.router)
 
     cors_origins = container.origins().cors_origins

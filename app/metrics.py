@@ -125,6 +125,13 @@ class Metrics:
             "Attempts to reconnect to Redis after a failure.",
             registry=self.registry,
         )
+        self.instance_events_skipped = Counter(
+            "websocket_instance_events_skipped_total",
+            "Events from other instances skipped, by reason: unknown_version, unknown_kind or "
+            "unknown_type (sent by a newer release), malformed.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.redis_publish_dropped = Counter(
             "websocket_redis_publish_dropped_total",
             "Events not sent to other instances because Redis was unreachable.",

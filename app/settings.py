@@ -150,6 +150,11 @@ class Settings:
     log_level: LogLevel = "info"
     # Serves /demo in production too; its token endpoint stays development-only regardless.
     demo_enabled: bool = False
+    # The path prefix a proxy serves the service under, when it does not strip it (ASGI
+    # root_path): routes, WebSocket upgrades included, match below it.
+    root_path: str = ""
+    # How long a room stays open once its last member left: a reconnect within it finds it open.
+    room_grace: float = 0.0
 
     @property
     def is_production(self) -> bool:
@@ -223,6 +228,8 @@ class Settings:
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             demo_enabled=_boolean(env, "DEMO_ENABLED", False),
+            root_path=(env.get("ROOT_PATH") or "").strip(),
+            room_grace=parse_duration("ROOM_GRACE", env.get("ROOM_GRACE") or "0s"),
         )
         settings.check()
         return settings
@@ -231,6 +238,11 @@ class Settings:
         """Refuse configurations that must never run; SettingsError names the variable."""
         if self.port > 65535:
             raise SettingsError(f"WEBSOCKET_SERVICE_PORT: expected at most 65535, got {self.port}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise SettingsError(
+                f"ROOT_PATH: expected a path such as /realtime (a leading slash, no trailing "
+                f"one), got {self.root_path!r}"
+            )
         if self.send_queue_bytes < self.max_message_size:
             raise SettingsError(
                 "WS_SEND_QUEUE_BYTES: expected at least MAX_MESSAGE_SIZE "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.broadcaster.base import Broadcaster, ClusterStats, Listener, Member, RoomEvent
+from app.broadcaster.base import Broadcaster, ClusterStats, Listener, Member
 from app.broadcaster.memory import MemoryBroadcaster, MemoryBus
 
 __all__ = [
@@ -12,5 +12,4 @@ __all__ = [
     "Member",
     "MemoryBroadcaster",
     "MemoryBus",
-    "RoomEvent",
 ]

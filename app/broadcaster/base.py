@@ -5,16 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class RoomEvent:
-    """An encoded server message for every connection of a project except `exclude`."""
-
-    project_id: str
-    message_type: str
-    data: bytes
-    sender: str
-    exclude: str | None = None
+from app.rooms.events import InstanceEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +35,8 @@ class ClusterStats:
 class Listener(Protocol):
     """Receives what other instances published, for local fan-out."""
 
-    def on_remote_event(self, event: RoomEvent) -> None: ...
+    def on_remote(self, event: InstanceEvent) -> None:
+        """An event another instance published for a project subscribed here."""
 
     def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:
         """A member was removed by someone else (its instance died); announce it if needed."""
@@ -77,7 +69,7 @@ class Broadcaster(Protocol):
 
     async def unsubscribe(self, project_id: str) -> None: ...
 
-    def publish(self, event: RoomEvent) -> None: ...
+    def publish(self, event: InstanceEvent) -> None: ...
 
     async def add_member(self, project_id: str, member: Member) -> bool: ...
 

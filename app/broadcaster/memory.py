@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 
-from app.broadcaster.base import BroadcasterStatus, ClusterStats, Listener, Member, RoomEvent
+from app.broadcaster.base import BroadcasterStatus, ClusterStats, Listener, Member
+from app.rooms.events import InstanceEvent
 
 
 class MemoryBus:
@@ -42,10 +43,10 @@ class MemoryBroadcaster:
             if not subscribers:
                 del self._bus.subscribers[project_id]
 
-    def publish(self, event: RoomEvent) -> None:
+    def publish(self, event: InstanceEvent) -> None:
         for peer in tuple(self._bus.subscribers.get(event.project_id, ())):
             if peer is not self and peer._listener is not None:
-                peer._listener.on_remote_event(event)
+                peer._listener.on_remote(event)
 
     async def add_member(self, project_id: str, member: Member) -> bool:
         members = self._bus.presence[project_id]

@@ -26,9 +26,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from app.broadcaster.base import BroadcasterStatus, ClusterStats, Listener, Member, RoomEvent
+from app.broadcaster import wire
+from app.broadcaster.base import BroadcasterStatus, ClusterStats, Listener, Member
 from app.broadcaster.publisher import Publisher
 from app.metrics import Metrics
+from app.rooms.events import InstanceEvent
 
 logger = logging.getLogger("texflow.redis")
 
@@ -103,8 +105,6 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 )
 
-_SEPARATOR = b"\n"
-
 
 class ProbeTimeout(Exception):
     """Our own probe did not come back over Pub/Sub: the subscription is silently gone."""
@@ -166,6 +166,7 @@ class RedisBroadcaster:
         self._sweep = client.register_script(_SWEEP)
         self._instance = client.register_script(_INSTANCE)
         self._cluster: ClusterStats | None = None
+        self._skipped_reasons: set[str] = set()
 
     # Keys
 
@@ -231,7 +232,7 @@ class RedisBroadcaster:
         self._projects.discard(project_id)
         await self._guarded(lambda pubsub: pubsub.unsubscribe(self._room_channel(project_id)))
 
-    def publish(self, event: RoomEvent) -> None:
+    def publish(self, event: InstanceEvent) -> None:
         publisher = self._publisher
         # Disconnected, cross-instance delivery is impossible; local fan-out still happens.
         if not self._connected or publisher is None:
@@ -239,7 +240,7 @@ class RedisBroadcaster:
             return
         channel = self._room_channel(event.project_id).encode()
         try:
-            sent = publisher.publish(channel, self._encode(event))
+            sent = publisher.publish(channel, wire.encode(self.instance_id, event))
         except Exception as exc:  # the caller's local fan-out must not pay for it
             sent = False
             self._fail(exc)
@@ -410,35 +411,29 @@ class RedisBroadcaster:
                 continue
             event = self._decode(channel[len(prefix) :].decode(), message["data"])
             if event is not None and listener is not None:
-                listener.on_remote_event(event)
+                listener.on_remote(event)
         raise ConnectionError(self._last_error or "connection marked broken")
 
-    def _decode(self, project_id: str, data: bytes) -> RoomEvent | None:
+    def _decode(self, project_id: str, data: bytes) -> InstanceEvent | None:
         try:
-            origin, message_type, sender, exclude, body = data.split(_SEPARATOR, 4)
-        except ValueError:
-            logger.warning("malformed message on a room channel", extra={"event": "redis_junk"})
+            origin, event = wire.decode(project_id, data)
+        except wire.Unreadable as exc:
+            self._metrics.instance_events_skipped.labels(exc.reason).inc()
+            if exc.reason not in self._skipped_reasons:
+                # Once per reason: during a rolling deploy every event may be one of these.
+                self._skipped_reasons.add(exc.reason)
+                logger.warning(
+                    "skipping events from another instance that this one cannot read",
+                    extra={
+                        "event": "instance_event_skipped",
+                        "reason": exc.reason,
+                        "error": str(exc),
+                    },
+                )
             return None
-        if origin.decode() == self.instance_id:
+        if origin == self.instance_id:
             return None  # already fanned out locally when it was published
-        return RoomEvent(
-            project_id=project_id,
-            message_type=message_type.decode(),
-            data=body,
-            sender=sender.decode(),
-            exclude=exclude.decode() or None,
-        )
-
-    def _encode(self, event: RoomEvent) -> bytes:
-        return _SEPARATOR.join(
-            (
-                self.instance_id.encode(),
-                event.message_type.encode(),
-                event.sender.encode(),
-                (event.exclude or "").encode(),
-                event.data,
-            )
-        )
+        return event
 
     async def _read_replies(self, publisher: Publisher) -> None:
         try:

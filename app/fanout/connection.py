@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.errors import CloseCode
+from app.protocols.base import Codec
 from app.protocols.json.messages import EPHEMERAL_TYPES
+from app.rooms.events import Author, RoomEvent
 from app.socket.transport import FrameTransport
 
 
@@ -51,7 +53,9 @@ class Connection:
         "_live",
         "_observer",
         "_transport",
+        "author",
         "client_id",
+        "codec",
         "connected_at",
         "ip",
         "project_id",
@@ -68,12 +72,15 @@ class Connection:
         project_id: str,
         ip: str,
         transport: FrameTransport,
+        codec: Codec,
         limits: BacklogLimits,
         observer: BacklogObserver,
     ) -> None:
         self.client_id = client_id
         self.user_id = user_id
         self.username = username
+        self.author = Author(user_id, username, client_id)
+        self.codec = codec
         self.project_id = project_id
         self.ip = ip
         self.connected_at = time.monotonic()
@@ -92,16 +99,26 @@ class Connection:
         """Messages waiting for the socket buffer to drain."""
         return self._live
 
+    def send(self, event: RoomEvent) -> bool:
+        """Encode `event` in this connection's protocol and deliver it; False when the
+        protocol has no form for it."""
+        data = self.codec.encode(event)
+        if data is None:
+            return False
+        self.deliver(data, event.type, event.author.client_id)
+        return True
+
     def deliver(
         self, data: bytes, message_type: str, sender: str, frame: bytes | None = None
     ) -> None:
-        """Send `data` now if the socket takes it, else queue it under the overflow policy.
+        """Send `data` (a message in this connection's protocol) now if the socket takes it,
+        else queue it under the overflow policy.
 
         `frame` is `data` already framed, shared by every recipient of a broadcast."""
         transport = self._transport
         backlog = self._backlog
         if not backlog:
-            if transport.offer(data, frame):
+            if transport.offer(data, frame, self.codec.binary):
                 return
         elif transport.closed:
             return
@@ -150,7 +167,7 @@ class Connection:
             entry.data = None
             self._live -= 1
             self._backlog_bytes -= len(data)
-            transport.send_text(data)
+            transport.send_data(data, self.codec.binary)
         if not backlog:
             self._latest.clear()
             transport.on_drain(None)

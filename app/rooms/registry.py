@@ -11,43 +11,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.broadcaster.base import Broadcaster, Member, RoomEvent
-from app.errors import CloseCode
+from pydantic_core import to_json
+
+from app.broadcaster.base import Broadcaster, Member
+from app.errors import CloseCode, Refusal
+from app.fanout.broadcast import broadcast
 from app.fanout.connection import Connection
 from app.metrics import Metrics
-from app.protocols.json.messages import encode_envelope
-from app.socket.transport import text_frame
+from app.protocols.json.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
+from app.rooms.events import Author, InstanceEvent, Resync, Revoke, RoomEvent
+from app.rooms.room import NoHooks, Room, RoomHooks
 
 logger = logging.getLogger("texflow.registry")
 
-# A control event between instances: close a user's connections in the project.
-REVOKE = "texflow.revoke"
-# A control event between instances: presence in the project may have changed unseen.
-RESYNC = "texflow.resync"
 SERVICE_CLIENT_ID = "service"
-
-
-class Room:
-    """The connections of one project on this instance."""
-
-    __slots__ = (
-        "connections",
-        "created_at",
-        "joining",
-        "last_activity",
-        "project_id",
-        "subscribed",
-    )
-
-    def __init__(self, project_id: str) -> None:
-        self.project_id = project_id
-        self.connections: dict[str, Connection] = {}
-        self.created_at = time.time()
-        self.last_activity = self.created_at
-        # Joins in progress: a room is not removed while someone is on the way in.
-        self.joining = 0
-        # Set once this instance receives the project's events from other instances.
-        self.subscribed = asyncio.Event()
+KNOWN_TYPES = RELAYED_TYPES | SERVER_ONLY_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +41,26 @@ def _member(connection: Connection) -> Member:
 
 
 class RoomRegistry:
-    """Owns the rooms of this instance and is the broadcaster's listener."""
+    """Owns the rooms of this instance and is the broadcaster's listener.
 
-    def __init__(self, broadcaster: Broadcaster, metrics: Metrics) -> None:
+    `grace` is how long an empty room stays open (0: dropped with its last member).
+    """
+
+    def __init__(
+        self,
+        broadcaster: Broadcaster,
+        metrics: Metrics,
+        hooks: RoomHooks | None = None,
+        grace: float = 0.0,
+    ) -> None:
         self._broadcaster = broadcaster
         self._metrics = metrics
+        self._hooks: RoomHooks = hooks or NoHooks()
+        self._grace = grace
         self._rooms: dict[str, Room] = {}
+        # Rooms being closed (flushed, unsubscribed): a new room of the project waits for it.
+        self._closing: dict[str, asyncio.Task[None]] = {}
+        self._connections = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._refreshes: dict[str, asyncio.Task[None]] = {}
@@ -80,12 +72,18 @@ class RoomRegistry:
         self.accepting = True
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Close what is still open, let sessions leave (bounded), then stop the broadcaster."""
+        """Close what is still open, let sessions leave (bounded), close every room, then stop
+        the broadcaster."""
         self.accepting = False
-        for connection in self._connections():
+        for connection in self._members():
             connection.close(CloseCode.SERVICE_RESTART, "service restart")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        for room in list(self._rooms.values()):
+            if room.idle:
+                self._drop(room)
+        if self._closing:
+            await asyncio.gather(*self._closing.values(), return_exceptions=True)
         await self._broadcaster.stop()
         for task in list(self._refreshes.values()):
             task.cancel()
@@ -99,7 +97,7 @@ class RoomRegistry:
         self.accepting = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + window * 0.8
-        connections = self._connections()
+        connections = self._members()
         logger.info(
             "draining",
             extra={"event": "drain_started", "connections": len(connections), "window_s": window},
@@ -114,15 +112,15 @@ class RoomRegistry:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
 
-    def _connections(self) -> list[Connection]:
+    def _members(self) -> list[Connection]:
         return [c for room in self._rooms.values() for c in room.connections.values()]
 
     def room_counts(self) -> dict[str, int]:
-        return {project: len(room.connections) for project, room in self._rooms.items()}
+        return {p: len(room.connections) for p, room in self._rooms.items() if room.connections}
 
     @property
     def connection_count(self) -> int:
-        return sum(len(room.connections) for room in self._rooms.values())
+        return self._connections
 
     def snapshot(self) -> list[RoomSnapshot]:
         return [
@@ -133,35 +131,36 @@ class RoomRegistry:
                 last_activity=datetime.fromtimestamp(room.last_activity, UTC),
             )
             for room in self._rooms.values()
+            if room.connections
         ]
+
+    # Membership
 
     async def join(self, connection: Connection) -> None:
         """Add `connection` to its project's room; it gets `presence_state` before anything else."""
         project_id = connection.project_id
         room = self._rooms.get(project_id)
-        created = room is None
         if room is None:
-            room = Room(project_id)
+            room = Room(project_id, self._broadcaster, self._hooks, self._closing.get(project_id))
             self._rooms[project_id] = room
             self._metrics.total_rooms.set(len(self._rooms))
-        room.joining += 1
         try:
-            if created:
-                try:
-                    await self._broadcaster.subscribe(project_id)
-                finally:
-                    room.subscribed.set()
-            else:
-                await room.subscribed.wait()
+            await room.enter()
+        except BaseException:
+            self._release(room)  # a room that failed to open is not kept
+            raise
+        try:
             first = await self._broadcaster.add_member(project_id, _member(connection))
             members = await self._broadcaster.members(project_id)
-        finally:
-            room.joining -= 1
+        except BaseException:
+            room.abandon()
+            self._release(room)
+            raise
         # No await from here on: presence_state is queued before any relay can reach the room.
         self.send(connection, "presence_state", {"users": _users(members)})
-        room.connections[connection.client_id] = connection
+        room.admit(connection)
+        self._connections += 1
         self._idle.clear()
-        room.last_activity = time.time()
         if first:
             self._announce(connection, "user_joined")
 
@@ -169,48 +168,80 @@ class RoomRegistry:
         """Remove `connection`; announce `user_left` if it was the user's last one anywhere."""
         project_id = connection.project_id
         room = self._rooms.get(project_id)
-        if room is None or room.connections.pop(connection.client_id, None) is None:
+        if room is None or not room.remove(connection):
             return
-        room.last_activity = time.time()
+        self._connections -= 1
+        if not self._connections:
+            self._idle.set()
         last = await self._broadcaster.remove_member(project_id, _member(connection))
         if last:
             self._announce(connection, "user_left")
-        if not room.connections and not room.joining and self._rooms.get(project_id) is room:
-            del self._rooms[project_id]
-            self._metrics.total_rooms.set(len(self._rooms))
-            if not self._rooms:
-                self._idle.set()
-            await self._broadcaster.unsubscribe(project_id)
+        closing = self._release(room)
+        if closing is not None:
+            await asyncio.shield(closing)
+
+    def _release(self, room: Room) -> asyncio.Task[None] | None:
+        """Drop `room` now or after the grace period, if nobody is in it or on the way."""
+        if not room.idle or self._rooms.get(room.project_id) is not room:
+            return None
+        if self._grace > 0 and self.accepting:
+            room.close_after(self._grace, lambda: self._expire(room))
+            return None
+        return self._drop(room)
+
+    def _expire(self, room: Room) -> None:
+        if room.idle and self._rooms.get(room.project_id) is room:
+            self._drop(room)
+
+    def _drop(self, room: Room) -> asyncio.Task[None]:
+        project_id = room.project_id
+        del self._rooms[project_id]
+        self._metrics.total_rooms.set(len(self._rooms))
+        task = asyncio.create_task(self._close(room), name=f"close room {project_id}")
+        self._closing[project_id] = task
+        return task
+
+    async def _close(self, room: Room) -> None:
+        try:
+            await room.close()
+        except Exception:
+            logger.exception(
+                "closing a room failed",
+                extra={"event": "room_close_failed", "project_id": room.project_id},
+            )
+        finally:
+            if self._closing.get(room.project_id) is asyncio.current_task():
+                del self._closing[room.project_id]
+
+    # Messages
 
     def relay(self, sender: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
-        """Send a client's message to every other connection of its project, on every instance."""
-        data = encode_envelope(
-            message_type,
-            payload,
-            user_id=sender.user_id,
-            username=sender.username,
-            client_id=sender.client_id,
-        )
+        """Send a client's message to every other connection of its project, on every instance.
+        A room hook may refuse it (Refusal): then nobody gets it."""
         event = RoomEvent(
-            sender.project_id, message_type, data, sender=sender.client_id, exclude=sender.client_id
+            sender.project_id,
+            message_type,
+            to_json(payload),
+            sender.author,
+            time.time(),
+            exclude=sender.client_id,
         )
+        room = self._rooms.get(sender.project_id)
+        if room is not None:
+            room.apply(event)
         # Published first: the PUBLISH is handed to the socket (written at once unless its
         # buffer is backed up) before the local fan-out starts, so other instances fan out
         # while this one does.
         self._broadcaster.publish(event)
-        self._fan_out(event)
+        self._fan_out(room, event)
 
     def send(self, connection: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
         """Send a server message to one connection, stamped with that connection's identity."""
-        data = encode_envelope(
-            message_type,
-            payload,
-            user_id=connection.user_id,
-            username=connection.username,
-            client_id=connection.client_id,
+        event = RoomEvent(
+            connection.project_id, message_type, to_json(payload), connection.author, time.time()
         )
-        connection.deliver(data, message_type, "server")
-        self._metrics.sent(message_type)
+        if connection.send(event):
+            self._metrics.sent(message_type)
 
     def publish_event(
         self,
@@ -223,20 +254,24 @@ class RoomRegistry:
     ) -> int:
         """A backend service's event for every connection of the project, on every instance.
         Returns how many connections on this instance got it."""
-        data = encode_envelope(
-            message_type, payload, user_id=user_id, username=username, client_id=SERVICE_CLIENT_ID
+        event = RoomEvent(
+            project_id,
+            message_type,
+            to_json(payload),
+            Author(user_id, username, SERVICE_CLIENT_ID),
+            time.time(),
         )
-        event = RoomEvent(project_id, message_type, data, sender=SERVICE_CLIENT_ID)
+        room = self._rooms.get(project_id)
+        if room is not None:
+            room.apply(event)
         self._broadcaster.publish(event)
-        return self._fan_out(event)
+        return self._fan_out(room, event)
 
     def revoke(self, project_id: str, user_id: str) -> int:
         """Close the user's connections in the project with 4003, on every instance.
         Returns how many were open on this instance."""
         closed = self._close_user(project_id, user_id)
-        self._broadcaster.publish(
-            RoomEvent(project_id, REVOKE, user_id.encode(), sender=SERVICE_CLIENT_ID)
-        )
+        self._broadcaster.publish(Revoke(project_id, user_id))
         return closed
 
     def _close_user(self, project_id: str, user_id: str) -> int:
@@ -257,30 +292,15 @@ class RoomRegistry:
         payload = {"user_id": connection.user_id, "username": connection.username}
         self.relay(connection, message_type, payload)
 
-    def _fan_out(self, event: RoomEvent) -> int:
-        if event.message_type == REVOKE:
-            return self._close_user(event.project_id, event.data.decode())
-        if event.message_type == RESYNC:
-            self._refresh_presence(event.project_id)
-            return 0
-        room = self._rooms.get(event.project_id)
+    def _fan_out(self, room: Room | None, event: RoomEvent) -> int:
         if room is None:
             return 0
         room.last_activity = time.time()
-        exclude = event.exclude
-        connections = room.connections
-        if len(connections) == (1 if exclude in connections else 0):
-            # Alone in the room (one person editing): no copy of the payload into a frame.
-            return 0
-        delivered = 0
-        data, message_type, sender = event.data, event.message_type, event.sender
-        frame = text_frame(data)
-        for client_id, connection in connections.items():
-            if client_id != exclude:
-                connection.deliver(data, message_type, sender, frame)
-                delivered += 1
-        self._metrics.sent(event.message_type, delivered)
+        delivered = broadcast(event, room.connections)
+        self._metrics.sent(event.type, delivered)
         return delivered
+
+    # Presence refresh
 
     async def refreshed(self) -> None:
         """Wait for the presence refreshes in flight."""
@@ -319,25 +339,44 @@ class RoomRegistry:
 
     def on_reconnected(self) -> None:
         for project_id in list(self._rooms):
-            self._broadcaster.publish(RoomEvent(project_id, RESYNC, b"", sender="instance"))
+            self._broadcaster.publish(Resync(project_id))
             self._refresh_presence(project_id)
 
-    def on_remote_event(self, event: RoomEvent) -> None:
-        self._fan_out(event)
+    def on_remote(self, event: InstanceEvent) -> None:
+        if isinstance(event, RoomEvent):
+            if event.type not in KNOWN_TYPES:
+                # A newer release's message type: relayed among its own instances only.
+                self._metrics.instance_events_skipped.labels("unknown_type").inc()
+                return
+            room = self._rooms.get(event.project_id)
+            if room is not None:
+                try:
+                    room.apply(event)
+                except Refusal as refusal:
+                    # Accepted where it was sent: a hook that disagrees here is our fault.
+                    logger.error(
+                        "an event from another instance was refused here",
+                        extra={"event": "remote_event_refused", "code": refusal.code},
+                    )
+                    return
+            self._fan_out(room, event)
+        elif isinstance(event, Revoke):
+            self._close_user(event.project_id, event.user_id)
+        else:
+            self._refresh_presence(event.project_id)
 
     def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:
         if not user_gone:
             return
-        data = encode_envelope(
+        event = RoomEvent(
+            project_id,
             "user_left",
-            {"user_id": member.user_id, "username": member.username},
-            user_id=member.user_id,
-            username=member.username,
-            client_id=member.client_id,
+            to_json({"user_id": member.user_id, "username": member.username}),
+            Author(member.user_id, member.username, member.client_id),
+            time.time(),
         )
-        event = RoomEvent(project_id, "user_left", data, sender=member.client_id)
         self._broadcaster.publish(event)
-        self._fan_out(event)
+        self._fan_out(self._rooms.get(project_id), event)
 
 
 def _users(members: list[Member]) -> list[dict[str, Any]]:

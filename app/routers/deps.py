@@ -12,11 +12,9 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from app.admission.auth import AuthService
-from app.admission.gatekeeper import Gatekeeper
 from app.broadcaster.base import Broadcaster
 from app.container import Container
 from app.rooms.registry import RoomRegistry
-from app.session.handler import SessionHandler
 
 
 def container_of(connection: HTTPConnection) -> Container:
@@ -36,14 +34,6 @@ def _broadcaster(connection: HTTPConnection) -> Broadcaster:
     return container_of(connection).broadcaster()
 
 
-def _gatekeeper(connection: HTTPConnection) -> Gatekeeper:
-    return container_of(connection).gatekeeper()
-
-
-def _sessions(connection: HTTPConnection) -> SessionHandler:
-    return container_of(connection).sessions()
-
-
 def _stats_role(connection: HTTPConnection) -> str | None:
     role: str | None = container_of(connection).settings().stats_required_role
     return role
@@ -52,6 +42,4 @@ def _stats_role(connection: HTTPConnection) -> str | None:
 AuthDep = Annotated[AuthService, Depends(_auth)]
 RegistryDep = Annotated[RoomRegistry, Depends(_registry)]
 BroadcasterDep = Annotated[Broadcaster, Depends(_broadcaster)]
-GatekeeperDep = Annotated[Gatekeeper, Depends(_gatekeeper)]
-SessionsDep = Annotated[SessionHandler, Depends(_sessions)]
 StatsRoleDep = Annotated[str | None, Depends(_stats_role)]

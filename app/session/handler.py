@@ -23,7 +23,8 @@ from app.admission.gatekeeper import Ticket
 from app.errors import CloseCode, Refusal
 from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
-from app.protocols.json.messages import parse_client_message, utc_timestamp
+from app.protocols.base import Codec
+from app.protocols.json.messages import utc_timestamp
 from app.rooms.registry import RoomRegistry
 from app.session.ratelimit import StrikeCounter, TokenBucket
 from app.socket.transport import transport_of
@@ -137,7 +138,7 @@ class SessionHandler:
         self._backlog = backlog
         self._limits = limits
 
-    async def run(self, websocket: WebSocket, ticket: Ticket) -> None:
+    async def run(self, websocket: WebSocket, ticket: Ticket, codec: Codec) -> None:
         # The ticket's slots are freed as soon as the socket is gone, before presence cleanup,
         # so a client that sees `user_left` may reconnect at once.
         try:
@@ -159,6 +160,7 @@ class SessionHandler:
                 project_id=ticket.project_id,
                 ip=ticket.ip,
                 transport=transport,
+                codec=codec,
                 limits=self._backlog,
                 observer=self._metrics,
             )
@@ -222,7 +224,9 @@ class SessionHandler:
                 )
                 accepted = False
             else:
-                accepted = self._handle(connection, message.get("text"), expiry)
+                accepted = self._handle(
+                    connection, message.get("text"), message.get("bytes"), expiry
+                )
             if not accepted and strikes.strike(now):
                 logger.info(
                     "closing a connection that keeps sending refused messages",
@@ -230,15 +234,12 @@ class SessionHandler:
                 )
                 connection.close(CloseCode.POLICY_VIOLATION, "too many refused messages")
 
-    def _handle(self, connection: Connection, text: str | None, expiry: _Expiry) -> bool:
-        """Handle one message within the rate limit; False when it was refused."""
-        if text is None:
-            return self._refuse(
-                connection,
-                Refusal("unsupported_frame", "binary frames are not supported: send JSON text"),
-            )
+    def _handle(
+        self, connection: Connection, text: str | None, data: bytes | None, expiry: _Expiry
+    ) -> bool:
+        """Handle one frame within the rate limit; False when it was refused."""
         try:
-            message = parse_client_message(text)
+            message = connection.codec.decode(text, data)
         except Refusal as error:
             return self._refuse(connection, error)
         try:
@@ -249,6 +250,9 @@ class SessionHandler:
                 return self._refresh(connection, message.payload.token, expiry)
             else:
                 self._registry.relay(connection, message.type, message.payload.relay())
+        except Refusal as error:
+            # A room hook refused it (an update a document cannot take): nobody else got it.
+            return self._refuse(connection, error)
         except Exception:
             # A fault of ours must not cost this client its connection, nor reach it.
             logger.exception(

@@ -17,13 +17,14 @@ from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
 from app.errors import CloseCode
+from app.socket.frames import data_frame
 from app.socket.primitives import Flag, Inbox
 
 EXTENSION = "texflow.transport"
 
 
 class FrameTransport(Protocol):
-    """What a connection writes its outgoing text frames to."""
+    """What a connection writes its outgoing frames to."""
 
     @property
     def can_write(self) -> bool:
@@ -33,13 +34,13 @@ class FrameTransport(Protocol):
     def closed(self) -> bool:
         """True once a close frame was sent or the peer is gone; sends are then dropped."""
 
-    def send_text(self, data: bytes) -> None:
-        """Frame UTF-8 `data` and hand it to the socket now."""
+    def send_data(self, data: bytes, binary: bool = False) -> None:
+        """Frame `data` (UTF-8 text, or binary) and hand it to the socket now."""
 
-    def offer(self, data: bytes, frame: bytes | None = None) -> bool:
+    def offer(self, data: bytes, frame: bytes | None = None, binary: bool = False) -> bool:
         """Send `data` now unless the buffer is full: False then, and nothing was written.
         True when written, or dropped because the connection is closing. `frame` is
-        `text_frame(data)`, built once for every recipient of a broadcast."""
+        `data_frame(data, binary)`, built once for every recipient of a broadcast."""
 
     def close_with(self, code: int, reason: str) -> None:
         """Start the closing handshake now, whatever is buffered."""
@@ -121,30 +122,33 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
     def closed(self) -> bool:
         return self.close_sent or self.disconnected or self.transport.is_closing()
 
-    def send_text(self, data: bytes) -> None:
+    def send_data(self, data: bytes, binary: bool = False) -> None:
         if self.closed:
             return
         try:
-            self.conn.send_text(data)
+            if binary:
+                self.conn.send_binary(data)
+            else:
+                self.conn.send_text(data)
         except InvalidState:
             # The peer's close frame arrived first; its disconnect is already queued.
             return
         self.transport.write(b"".join(self.conn.data_to_send()))
 
-    def offer(self, data: bytes, frame: bytes | None = None) -> bool:
+    def offer(self, data: bytes, frame: bytes | None = None, binary: bool = False) -> bool:
         if self._clear:
             # Answering the peer's close frame closes the transport but leaves close_sent
             # False, so the flag alone does not prove the connection still takes frames.
             if not self.transport.is_closing():
                 # A broadcast is framed once for all its recipients (gorilla's
                 # PreparedMessage): a connection without extensions takes it as is.
-                self.transport.write(text_frame(data) if frame is None else frame)
+                self.transport.write(data_frame(data, binary) if frame is None else frame)
             return True
         if self.closed:
             return True
         if not self.writable.is_set():
             return False
-        self.send_text(data)
+        self.send_data(data, binary)
         return True
 
     def close_with(self, code: int, reason: str) -> None:
@@ -204,18 +208,6 @@ class GatewayProtocol(WebSocketsSansIOProtocol):
         )
         self.close_sent = True
         self.transport.abort()
-
-
-def text_frame(data: bytes) -> bytes:
-    """An unmasked, final text frame carrying `data`, as a server sends it (RFC 6455 5.2)."""
-    size = len(data)
-    if size < 126:
-        head = bytes((0x81, size))
-    elif size < 65536:
-        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return head + data
 
 
 def transport_of(scope: MutableMapping[str, Any]) -> FrameTransport | None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import uvicorn
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette._utils import get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from app.logs import log_config
-from app.routers.ws import project_socket
+from app.routers.ws import SocketEndpoint
 from app.settings import Settings
+from app.socket.contract import check_uvicorn
 from app.socket.transport import protocol_class
 from app.upgrade.http import http_protocol_class
 
@@ -30,9 +32,10 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class WebSocketFastPath:
-    """The ASGI app uvicorn runs: `/ws/` upgrades go to the ws router's own function with the
-    container's services, everything else to FastAPI.
+class Gateway:
+    """The ASGI app uvicorn runs, and the one entry for WebSockets: an upgrade goes to the
+    endpoint of the path prefix it matches (below `root_path`, as FastAPI's routes are),
+    everything else to FastAPI.
 
     A WebSocket's ASGI call lasts as long as the connection, and FastAPI's middleware stack
     and dependency solving keep a chain of coroutine frames alive for all of it: measured at
@@ -40,24 +43,25 @@ class WebSocketFastPath:
     on WebSockets (CORS, metrics and HTTP errors are HTTP-only), so upgrades skip it.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, sockets: Mapping[str, SocketEndpoint]) -> None:
         self.app = app
+        self._sockets = tuple(sockets.items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"].startswith("/ws/"):
-            container = self.app.state.container
-            websocket = WebSocket(scope, receive, send)
-            await project_socket(
-                websocket, scope["path"][4:], container.gatekeeper(), container.sessions()
-            )
-            return
+        if scope["type"] == "websocket":
+            path = get_route_path(scope)
+            for prefix, endpoint in self._sockets:
+                if path.startswith(prefix):
+                    await endpoint(WebSocket(scope, receive, send), path[len(prefix) :])
+                    return
         await self.app(scope, receive, send)
 
 
-def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
-        WebSocketFastPath(app),
+        app,
         host=settings.host,
+        root_path=settings.root_path,
         port=settings.port,
         http=http_protocol_class(settings.handshake_timeout, settings.max_header_bytes),
         ws=protocol_class(settings.ws_write_wait),
@@ -75,8 +79,11 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
 
 
 def serve(app: FastAPI, settings: Settings) -> None:
+    """Run until SIGTERM; raises ContractError first when uvicorn is not one we run on."""
+    check_uvicorn()
     registry = app.state.container.registry()
+    gateway = Gateway(app, app.state.container.sockets())
     server = GatewayServer(
-        uvicorn_config(app, settings), drain=lambda: registry.drain(settings.shutdown_drain)
+        uvicorn_config(gateway, settings), drain=lambda: registry.drain(settings.shutdown_drain)
     )
     server.run()

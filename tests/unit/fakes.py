@@ -20,7 +20,7 @@ class FakeTransport:
         self.drain_callback: Callable[[], None] | None = None
         self.drain_registrations: list[Callable[[], None] | None] = []
 
-    def send_text(self, data: bytes) -> None:
+    def send_data(self, data: bytes, binary: bool = False) -> None:
         assert not self.closed, "a frame was written to a closed transport"
         assert self.can_write, "a frame was written while the buffer was full"
         self.sent.append(data)
@@ -29,13 +29,13 @@ class FakeTransport:
             if self.room <= 0:
                 self.can_write = False
 
-    def offer(self, data: bytes, frame: bytes | None = None) -> bool:
+    def offer(self, data: bytes, frame: bytes | None = None, binary: bool = False) -> bool:
         assert frame is None or frame.endswith(data), "the prepared frame does not carry the data"
         if self.closed:
             return True
         if not self.can_write:
             return False
-        self.send_text(data)
+        self.send_data(data, binary)
         return True
 
     def close_with(self, code: int, reason: str) -> None:

@@ -337,3 +337,16 @@ def test_redis_url_credentials_do_not_appear_in_repr() -> None:
     settings = Settings.from_env({"REDIS_ADDR": "redis://:redis-url-password@redis:6379/0"})
 
     assert "redis-url-password" not in repr(settings)
+
+
+def test_root_path_and_room_grace_are_read_and_default_to_off() -> None:
+    assert (Settings().root_path, Settings().room_grace) == ("", 0.0)
+    settings = Settings.from_env({"ROOT_PATH": " /realtime ", "ROOM_GRACE": "30s"})
+
+    assert (settings.root_path, settings.room_grace) == ("/realtime", 30.0)
+
+
+@pytest.mark.parametrize("raw", ["realtime", "/realtime/", "/"])
+def test_a_root_path_must_be_a_path_without_a_trailing_slash(raw: str) -> None:
+    with pytest.raises(SettingsError, match=r"^ROOT_PATH: expected a path such as /realtime"):
+        Settings.from_env({"ROOT_PATH": raw})

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,7 +21,6 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
-from pydantic_core import to_json
 
 from app.errors import Refusal
 
@@ -347,24 +345,3 @@ def epoch_timestamp(seconds: float) -> str:
         cached.prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
         cached.second = whole
     return f"{cached.prefix}{int((seconds - whole) * 1000):03d}Z"
-
-
-def encode_envelope(
-    message_type: str,
-    payload: Mapping[str, Any],
-    *,
-    user_id: str,
-    username: str,
-    client_id: str,
-) -> bytes:
-    """Serialize an outgoing message to UTF-8 JSON: once per broadcast, never per recipient."""
-    return to_json(
-        {
-            "type": message_type,
-            "payload": payload,
-            "timestamp": utc_timestamp(),
-            "user_id": user_id,
-            "username": username,
-            "client_id": client_id,
-        }
-    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.broadcaster import Member, MemoryBroadcaster, MemoryBus, RoomEvent
+from app.broadcaster import Member, MemoryBroadcaster, MemoryBus
+from app.rooms.events import Author, InstanceEvent, RoomEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -13,10 +14,10 @@ class RecordingListener:
     """A Listener that remembers the events it was handed."""
 
     def __init__(self) -> None:
-        self.events: list[RoomEvent] = []
+        self.events: list[InstanceEvent] = []
         self.gone: list[tuple[str, Member, bool]] = []
 
-    def on_remote_event(self, event: RoomEvent) -> None:
+    def on_remote(self, event: InstanceEvent) -> None:
         self.events.append(event)
 
     def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:
@@ -29,8 +30,11 @@ class RecordingListener:
         pass
 
 
+AUTHOR = Author("u1", "User One", "c1")
+
+
 def event(project_id: str = "p1", data: bytes = b"{}") -> RoomEvent:
-    return RoomEvent(project_id, "cursor_update", data, sender="c1", exclude="c1")
+    return RoomEvent(project_id, "cursor_update", data, AUTHOR, 0.0, exclude="c1")
 
 
 ALICE_1 = Member("a1", "alice", "Alice")
@@ -55,7 +59,7 @@ async def test_publish_reaches_subscribed_peers_but_not_itself() -> None:
     a.publish(event(data=b"1"))
 
     assert a_listener.events == []
-    assert [e.data for e in b_listener.events] == [b"1"]
+    assert b_listener.events == [event(data=b"1")]
 
 
 async def test_publish_skips_peers_not_subscribed_to_the_project() -> None:

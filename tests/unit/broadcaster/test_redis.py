@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from app.broadcaster import Member, RoomEvent
+from app.broadcaster import Member
 from app.broadcaster.redis import RedisBroadcaster
 from app.metrics import Metrics
+from app.rooms.events import InstanceEvent
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.waiting import eventually
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 class QuietListener:
-    def on_remote_event(self, event: RoomEvent) -> None:
+    def on_remote(self, event: InstanceEvent) -> None:
         pass
 
     def on_remote_member_gone(self, project_id: str, member: Member, user_gone: bool) -> None:

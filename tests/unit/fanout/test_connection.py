@@ -6,6 +6,7 @@ import pytest
 
 from app.errors import CloseCode
 from app.fanout.connection import BacklogLimits, Connection
+from app.protocols.json.codec import JsonCodec
 from tests.unit.fakes import FakeTransport, RecordingObserver
 
 ROOMY = BacklogLimits(messages=100, bytes=1_000_000)
@@ -21,6 +22,7 @@ def make_connection(
         project_id="p1",
         ip="10.0.0.1",
         transport=transport,
+        codec=JsonCodec(),
         limits=limits,
         observer=observer,
     )

@@ -9,16 +9,19 @@ from typing import Any
 import anyio
 import pytest
 
-from app.broadcaster import MemoryBroadcaster, MemoryBus, RoomEvent
+from app.broadcaster import MemoryBroadcaster, MemoryBus
 from app.errors import CloseCode
 from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
+from app.protocols.json.codec import JsonCodec
+from app.rooms.events import InstanceEvent
 from app.rooms.registry import RoomRegistry
 from tests.unit.fakes import FakeTransport
 
 pytestmark = pytest.mark.anyio
 
 LIMITS = BacklogLimits(messages=100, bytes=1_000_000)
+JSON = JsonCodec()
 
 
 class Client:
@@ -35,6 +38,7 @@ class Client:
             project_id=project_id,
             ip="10.0.0.1",
             transport=self.transport,
+            codec=JSON,
             limits=LIMITS,
             observer=metrics,
         )
@@ -228,7 +232,7 @@ async def test_other_instances_get_a_relay_before_the_local_fan_out(metrics: Met
     watched: list[Client] = []
 
     class Recording(MemoryBroadcaster):
-        def publish(self, event: RoomEvent) -> None:
+        def publish(self, event: InstanceEvent) -> None:
             local_frames_at_publish.extend(len(c.transport.sent) for c in watched)
             super().publish(event)
 
@@ -542,17 +546,17 @@ async def test_refresh_requests_before_the_state_is_read_coalesce(cluster: Clust
 async def test_relay_from_someone_alone_frames_nothing(
     registry: RoomRegistry, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.rooms.registry
+    import app.fanout.broadcast
 
     alice = await joined(registry, metrics, "a1", "alice")
     alice.take()
     framed: list[bytes] = []
 
-    def recording_frame(data: bytes) -> bytes:
+    def recording_frame(data: bytes, binary: bool = False) -> bytes:
         framed.append(data)
         return data
 
-    monkeypatch.setattr(app.rooms.registry, "text_frame", recording_frame)
+    monkeypatch.setattr(app.fanout.broadcast, "data_frame", recording_frame)
 
     registry.relay(alice.connection, "yjs_update", {"update": "AQID"})
     assert framed == []

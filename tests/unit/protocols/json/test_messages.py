@@ -24,7 +24,6 @@ from app.protocols.json.messages import (
     UserTyping,
     YjsAwareness,
     YjsUpdate,
-    encode_envelope,
     epoch_timestamp,
     parse_client_message,
     utc_timestamp,
@@ -420,26 +419,6 @@ def test_utc_timestamp_converts_other_time_zones_to_utc() -> None:
     moment = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
 
     assert utc_timestamp(moment) == "2024-01-01T10:00:00.000Z"
-
-
-def test_encode_envelope_returns_json_bytes_with_exactly_the_envelope_keys() -> None:
-    data = encode_envelope(
-        "cursor_update",
-        {"line": 1, "column": 2},
-        user_id="u1",
-        username="Ünïcode Name",
-        client_id="c1",
-    )
-
-    assert isinstance(data, bytes)
-    envelope = json.loads(data)
-    assert set(envelope) == {"type", "payload", "timestamp", "user_id", "username", "client_id"}
-    assert envelope["type"] == "cursor_update"
-    assert envelope["payload"] == {"line": 1, "column": 2}
-    assert envelope["user_id"] == "u1"
-    assert envelope["username"] == "Ünïcode Name"
-    assert envelope["client_id"] == "c1"
-    assert TIMESTAMP.match(envelope["timestamp"])
 
 
 def test_message_error_payload_omits_empty_details() -> None:

@@ -1,0 +1,157 @@
+"""One project's room on this instance: its members, and a lifecycle documents can hang on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from app.rooms.events import RoomEvent
+
+if TYPE_CHECKING:
+    from app.broadcaster.base import Broadcaster
+    from app.fanout.connection import Connection
+
+
+class RoomHooks(Protocol):
+    """What a server-side document hangs on a room's lifecycle."""
+
+    async def load(self, room: Room) -> None:
+        """Before the first member is admitted; a failure refuses the members waiting."""
+
+    def apply(self, room: Room, event: RoomEvent) -> None:
+        """Each event of the room's, before it is relayed; a Refusal stops it there."""
+
+    async def flush(self, room: Room) -> None:
+        """After the last member left and the grace period ran out, before the room is dropped."""
+
+
+class NoHooks:
+    """A room that keeps nothing: the relay alone."""
+
+    async def load(self, room: Room) -> None:
+        return None
+
+    def apply(self, room: Room, event: RoomEvent) -> None:
+        return None
+
+    async def flush(self, room: Room) -> None:
+        return None
+
+
+class Room:
+    """The connections of one project on this instance.
+
+    Lifecycle: the first entrant opens the room (subscribes to the project's events from
+    other instances, then `load`s); concurrent entrants wait for that one opening. When the
+    last member leaves, the room stays for a grace period, so that a reconnect does not pay
+    for another opening; then it is closed (`flush`, unsubscribe) and dropped.
+    """
+
+    __slots__ = (
+        "_broadcaster",
+        "_grace_timer",
+        "_hooks",
+        "_opening",
+        "_previous",
+        "connections",
+        "created_at",
+        "joining",
+        "last_activity",
+        "project_id",
+    )
+
+    def __init__(
+        self,
+        project_id: str,
+        broadcaster: Broadcaster,
+        hooks: RoomHooks,
+        previous: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.connections: dict[str, Connection] = {}
+        self.created_at = time.time()
+        self.last_activity = self.created_at
+        # Entrants on their way in: a room is not closed while someone is about to join.
+        self.joining = 0
+        self._broadcaster = broadcaster
+        self._hooks = hooks
+        # The closing of this project's previous room: opening waits for it, so a document is
+        # never loaded while its last flush is still being written.
+        self._previous = previous
+        self._opening: asyncio.Future[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Nobody in it and nobody on the way in."""
+        return not self.connections and not self.joining
+
+    async def enter(self) -> None:
+        """Wait until the room is open for one more member, opening it if nobody has; then
+        `admit` or `abandon` must follow."""
+        self.joining += 1
+        self.cancel_close()
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(self._open())
+        try:
+            # Shielded: one entrant giving up must not cancel the opening the others wait for.
+            await asyncio.shield(opening)
+        except BaseException:
+            self.joining -= 1
+            if self._opening is opening and opening.done() and not _succeeded(opening):
+                self._opening = None  # the next entrant tries again
+            raise
+
+    async def _open(self) -> None:
+        if self._previous is not None:
+            with contextlib.suppress(Exception):  # its failure was logged where it happened
+                await self._previous
+            self._previous = None
+        await self._broadcaster.subscribe(self.project_id)
+        await self._hooks.load(self)
+
+    def admit(self, connection: Connection) -> None:
+        self.joining -= 1
+        self.connections[connection.client_id] = connection
+        self.last_activity = time.time()
+
+    def abandon(self) -> None:
+        """An entrant that did not become a member after all."""
+        self.joining -= 1
+
+    def remove(self, connection: Connection) -> bool:
+        """Forget `connection`; False when it was not a member."""
+        if self.connections.pop(connection.client_id, None) is None:
+            return False
+        self.last_activity = time.time()
+        return True
+
+    def apply(self, event: RoomEvent) -> None:
+        self._hooks.apply(self, event)
+
+    def close_after(self, grace: float, expire: Callable[[], None]) -> None:
+        """Call `expire` in `grace` seconds unless someone enters first."""
+        self.cancel_close()
+        self._grace_timer = asyncio.get_running_loop().call_later(grace, expire)
+
+    def cancel_close(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+
+    async def close(self) -> None:
+        """Flush and stop receiving the project's events; the room is dropped after this."""
+        self.cancel_close()
+        try:
+            if self._opening is not None and _succeeded(self._opening):
+                await self._hooks.flush(self)
+        finally:
+            await self._broadcaster.unsubscribe(self.project_id)
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None

@@ -1,0 +1,247 @@
+"""A room's lifecycle through the registry: one load for concurrent first joins, hooks on every
+event, a grace period before the flush, and a failed load that refuses without keeping a room."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.broadcaster import MemoryBroadcaster
+from app.errors import Refusal
+from app.metrics import Metrics
+from app.rooms.events import RoomEvent
+from app.rooms.registry import RoomRegistry
+from app.rooms.room import Room
+from tests.unit.rooms.test_registry import Client
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingHooks:
+    """RoomHooks that log every call; `gate` holds loads until the test opens it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.applied: list[RoomEvent] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_load = False
+        self.refuse: str | None = None
+        self.flushed = asyncio.Event()
+
+    async def load(self, room: Room) -> None:
+        self.calls.append(f"load {room.project_id}")
+        await self.gate.wait()
+        if self.fail_load:
+            raise OSError("the store is down")
+
+    def apply(self, room: Room, event: RoomEvent) -> None:
+        if event.type == self.refuse:
+            raise Refusal("invalid_update", "expected a Yjs update")
+        self.applied.append(event)
+
+    async def flush(self, room: Room) -> None:
+        self.calls.append(f"flush {room.project_id}")
+        self.flushed.set()
+
+
+class Subscriptions(MemoryBroadcaster):
+    """Records subscribe and unsubscribe, in order with the hooks' calls."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def subscribe(self, project_id: str) -> None:
+        self.calls.append(f"subscribe {project_id}")
+        await super().subscribe(project_id)
+
+    async def unsubscribe(self, project_id: str) -> None:
+        self.calls.append(f"unsubscribe {project_id}")
+        await super().unsubscribe(project_id)
+
+
+@pytest.fixture
+def hooks() -> RecordingHooks:
+    return RecordingHooks()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+async def registry_with(
+    hooks: RecordingHooks, metrics: Metrics, grace: float
+) -> AsyncIterator[RoomRegistry]:
+    registry = RoomRegistry(Subscriptions(hooks.calls), metrics, hooks=hooks, grace=grace)
+    await registry.start()
+    yield registry
+    await registry.stop(grace=0)
+
+
+@pytest.fixture
+async def registry(hooks: RecordingHooks, metrics: Metrics) -> AsyncIterator[RoomRegistry]:
+    async for registry in registry_with(hooks, metrics, grace=0):
+        yield registry
+
+
+@pytest.fixture
+async def lingering(hooks: RecordingHooks, metrics: Metrics) -> AsyncIterator[RoomRegistry]:
+    # Long enough never to run out by itself within a test, unless the test waits for it.
+    async for registry in registry_with(hooks, metrics, grace=3600):
+        yield registry
+
+
+async def test_concurrent_first_joins_share_one_load(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    hooks.gate.clear()
+    clients = [Client(metrics, f"c{n}", f"user{n}") for n in range(3)]
+    joins = [asyncio.create_task(registry.join(c.connection)) for c in clients]
+    await asyncio.sleep(0)  # let every join reach the room before the load may finish
+    hooks.gate.set()
+    await asyncio.gather(*joins)
+
+    assert hooks.calls == ["subscribe p1", "load p1"]
+    assert all(client.types[0] == "presence_state" for client in clients)
+    assert registry.connection_count == 3
+
+
+async def test_the_room_is_subscribed_before_it_is_loaded_and_flushed_before_unsubscribed(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice = Client(metrics, "a1", "alice")
+    await registry.join(alice.connection)
+    await registry.leave(alice.connection)
+
+    assert hooks.calls == ["subscribe p1", "load p1", "flush p1", "unsubscribe p1"]
+
+
+async def test_a_failed_load_refuses_every_waiting_joiner_and_the_next_one_retries(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    hooks.fail_load = True
+    hooks.gate.clear()
+    first, second = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
+    joins = [asyncio.create_task(registry.join(c.connection)) for c in (first, second)]
+    await asyncio.sleep(0)
+    hooks.gate.set()
+    results = await asyncio.gather(*joins, return_exceptions=True)
+
+    assert [type(result) for result in results] == [OSError, OSError]
+    assert first.types == second.types == []
+    assert registry.connection_count == 0
+    # Never flushed: a room whose load failed holds nothing that could be stored.
+    assert "flush p1" not in hooks.calls
+
+    hooks.fail_load = False
+    third = Client(metrics, "c1", "carol")
+    await registry.join(third.connection)
+    assert hooks.calls.count("load p1") == 2
+    assert third.types == ["presence_state"]
+
+
+async def test_every_relayed_event_is_applied_before_anyone_gets_it(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice, bob = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
+    await registry.join(alice.connection)
+    await registry.join(bob.connection)
+    hooks.applied.clear()
+    bob.take()
+
+    registry.relay(alice.connection, "yjs_update", {"update": "AQID"})
+
+    assert [event.type for event in hooks.applied] == ["yjs_update"]
+    assert [frame["type"] for frame in bob.take()] == ["yjs_update"]
+
+
+async def test_an_event_a_hook_refuses_reaches_nobody(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice, bob = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
+    await registry.join(alice.connection)
+    await registry.join(bob.connection)
+    bob.take()
+    hooks.refuse = "yjs_update"
+
+    with pytest.raises(Refusal):
+        registry.relay(alice.connection, "yjs_update", {"update": "AQID"})
+
+    assert bob.take() == []
+
+
+async def test_a_rejoin_within_the_grace_period_finds_the_room_open(
+    lingering: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice = Client(metrics, "a1", "alice")
+    await lingering.join(alice.connection)
+    await lingering.leave(alice.connection)
+    again = Client(metrics, "a2", "alice")
+    await lingering.join(again.connection)
+
+    assert hooks.calls == ["subscribe p1", "load p1"]
+
+
+async def test_an_empty_room_is_flushed_and_dropped_when_its_grace_period_ends(
+    hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    async for registry in registry_with(hooks, metrics, grace=0.01):
+        alice = Client(metrics, "a1", "alice")
+        await registry.join(alice.connection)
+        await registry.leave(alice.connection)
+        assert registry.room_counts() == {}
+        assert "flush p1" not in hooks.calls
+
+        await hooks.flushed.wait()
+        await registry.stop(grace=0)
+        assert hooks.calls == ["subscribe p1", "load p1", "flush p1", "unsubscribe p1"]
+
+
+async def test_stopping_flushes_rooms_still_in_their_grace_period(
+    lingering: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice = Client(metrics, "a1", "alice")
+    await lingering.join(alice.connection)
+    await lingering.leave(alice.connection)
+
+    await lingering.stop(grace=0)
+
+    assert hooks.calls[-2:] == ["flush p1", "unsubscribe p1"]
+
+
+async def test_a_new_room_loads_only_after_the_previous_one_finished_flushing(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    release = asyncio.Event()
+    flush = hooks.flush
+
+    async def slow_flush(room: Room) -> None:
+        await release.wait()
+        await flush(room)
+
+    hooks.flush = slow_flush  # type: ignore[method-assign]
+    alice = Client(metrics, "a1", "alice")
+    await registry.join(alice.connection)
+    leaving = asyncio.create_task(registry.leave(alice.connection))
+    await asyncio.sleep(0)
+    bob = Client(metrics, "b1", "bob")
+    joining = asyncio.create_task(registry.join(bob.connection))
+    await asyncio.sleep(0)
+    assert hooks.calls.count("load p1") == 1
+
+    release.set()
+    await leaving
+    await joining
+
+    assert hooks.calls == [
+        "subscribe p1",
+        "load p1",
+        "flush p1",
+        "unsubscribe p1",
+        "subscribe p1",
+        "load p1",
+    ]
