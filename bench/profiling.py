@@ -24,9 +24,10 @@ from pathlib import Path
 
 import uvloop
 
+from bench.kinds import SERVICE
 from bench.loadgen import Health, Meter, Sink, blast, close_all, connect, quiet
 from bench.measure import revision
-from bench.scenarios import SERVICE, Plan, open_room, target_of
+from bench.scenarios import Plan, open_room, target_of
 from bench.servers import Pinning, Service, raise_fd_limit
 
 OUT = Path(__file__).resolve().parent / "results" / "profiles"

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.admission.auth import issue_token
 from bench.holder import HoldSpec, spec_json
+from bench.kinds import KINDS, REFERENCE, SERVICE
 from bench.loadgen import (
     Client,
     Health,
@@ -33,10 +33,9 @@ from bench.loadgen import (
     settle,
 )
 from bench.measure import Window, latency_ms
-from bench.servers import ROOT, SECRET, Pinning, Process, RedisProcess, Reference, Service
+from bench.servers import ROOT, Pinning, Process, RedisProcess, Reference, Service
+from bench.tokens import token
 
-SERVICE, REFERENCE = "service", "reference"
-KINDS = (SERVICE, REFERENCE)
 Log = Callable[[str], None]
 
 
@@ -134,11 +133,6 @@ class Outcome:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
-
-
-@functools.cache
-def token(index: int) -> str:
-    return issue_token(SECRET, user_id=f"u{index}", username=f"User {index}", ttl=6 * 3600)
 
 
 def target_of(kind: str, server: Process) -> Target:
