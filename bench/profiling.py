@@ -27,7 +27,8 @@ import uvloop
 from bench.kinds import SERVICE
 from bench.loadgen import Health, Meter, Sink, blast, close_all, connect, quiet
 from bench.measure import revision
-from bench.scenarios import Plan, open_room, target_of
+from bench.scenarios.harness import Plan, target_of
+from bench.scenarios.room import open_room
 from bench.servers import Pinning, Service, raise_fd_limit
 
 OUT = Path(__file__).resolve().parent / "results" / "profiles"
