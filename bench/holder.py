@@ -21,7 +21,9 @@ from typing import Any
 
 import uvloop
 
+from bench.kinds import SERVICE
 from bench.loadgen import Client, Health, Meter, Sink, Target, close_all, connect, quiet
+from bench.tokens import token
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,6 @@ def emit(message: dict[str, Any]) -> None:
 
 
 async def hold(spec: HoldSpec) -> None:
-    from bench.scenarios import SERVICE, token
-
     service = spec.kind == SERVICE
     target = Target("127.0.0.1", spec.port, ready_on_pong=not service, token=token)
     meter, health = Meter(), Health()

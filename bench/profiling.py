@@ -24,9 +24,11 @@ from pathlib import Path
 
 import uvloop
 
+from bench.kinds import SERVICE
 from bench.loadgen import Health, Meter, Sink, blast, close_all, connect, quiet
 from bench.measure import revision
-from bench.scenarios import SERVICE, Plan, open_room, target_of
+from bench.scenarios.harness import Plan, target_of
+from bench.scenarios.room import open_room
 from bench.servers import Pinning, Service, raise_fd_limit
 
 OUT = Path(__file__).resolve().parent / "results" / "profiles"

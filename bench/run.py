@@ -25,7 +25,11 @@ import uvloop
 
 from bench.experiments import PATCHES
 from bench.measure import machine, revision
-from bench.scenarios import Outcome, Plan, Row, scenario_a, scenario_b, scenario_c, scenario_d
+from bench.scenarios.fanout import scenario_b
+from bench.scenarios.harness import Outcome, Plan, Row
+from bench.scenarios.idle import scenario_d
+from bench.scenarios.memory import scenario_a
+from bench.scenarios.redis_hop import scenario_c
 from bench.servers import Pinning, raise_fd_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"

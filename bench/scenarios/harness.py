@@ -1,0 +1,146 @@
+"""What every scenario shares: the plan it runs to, the rows it returns, and starting servers
+and reaching them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.kinds import SERVICE
+from bench.loadgen import Client, Health, Target
+from bench.servers import Pinning, Process, Reference, Service
+from bench.tokens import token
+
+Log = Callable[[str], None]
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken (clients refused, a server died...)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations; `quick()` shrinks them for a fast check."""
+
+    quick: bool = False
+    memory_sizes: tuple[int, ...] = (1000, 5000)
+    memory_rooms: int = 100
+    room_sizes: tuple[int, ...] = (10, 100, 1000)
+    saturation_deliveries: int = 300_000
+    saturation_seconds: float = 5.0
+    half_load_seconds: float = 3.0
+    repeats: int = 3
+    # A measurement during which other processes took more than this share (%) of the server
+    # core is taken again, at most `noise_retries` times.
+    noise_limit: float = 10.0
+    noise_retries: int = 2
+    cluster_room: int = 100
+    low_rate: float = 200.0
+    many: int = 10_000
+    many_rooms: int = 100
+    hold_seconds: float = 300.0
+    # The hold runs with the production heartbeat (the service's defaults); a shorter phase
+    # then pings every `stress_ping` seconds to load the heartbeat path itself.
+    ping_interval: float = 54.0
+    pong_wait: float = 60.0
+    stress_seconds: float = 60.0
+    stress_ping: float = 5.0
+    source_ips: tuple[str, ...] = tuple(f"127.0.0.{i}" for i in range(2, 10))
+    # bench.experiments prototypes applied to the service (none by default).
+    service_patches: tuple[str, ...] = ()
+
+    @classmethod
+    def quick_plan(cls) -> Plan:
+        return cls(
+            quick=True,
+            memory_sizes=(500, 1000),
+            saturation_deliveries=100_000,
+            saturation_seconds=2.0,
+            half_load_seconds=1.5,
+            repeats=1,
+            many=2_000,
+            hold_seconds=20.0,
+            stress_seconds=15.0,
+        )
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure for the service and the reference, maybe a target."""
+
+    scenario: str
+    metric: str
+    unit: str
+    service: float | None
+    reference: float | None
+    target: str = ""
+    verdict: str = ""
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.service is None or self.reference is None or not self.reference:
+            return None
+        if math.isnan(self.service) or math.isnan(self.reference):
+            return None
+        return self.service / self.reference
+
+    def as_json(self) -> dict[str, Any]:
+        ratio = self.ratio
+        return {
+            "scenario": self.scenario,
+            "metric": self.metric,
+            "unit": self.unit,
+            "service": self.service,
+            "reference": self.reference,
+            "ratio": None if ratio is None else round(ratio, 3),
+            "target": self.target,
+            "verdict": self.verdict,
+            "note": self.note,
+        }
+
+
+@dataclass
+class Outcome:
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def target_of(kind: str, server: Process) -> Target:
+    if kind == SERVICE:
+        return Target("127.0.0.1", server.port, ready_on_pong=False, token=token)
+    return Target("127.0.0.1", server.port, ready_on_pong=True)
+
+
+async def start(
+    kind: str,
+    pinning: Pinning,
+    plan: Plan,
+    env: Mapping[str, str] | None = None,
+    ping: tuple[float, float] | None = None,
+) -> Process:
+    """Start a fresh server of `kind`; both get the same heartbeat (the service's default
+    54 s / 60 s unless `ping` is given)."""
+    interval, wait = ping or (54.0, 60.0)
+    server: Process
+    if kind == SERVICE:
+        settings = {"WS_PING_INTERVAL": f"{interval:g}s", "WS_PONG_WAIT": f"{wait:g}s"}
+        server = Service(pinning, {**settings, **(env or {})}, plan.service_patches)
+    else:
+        server = Reference(pinning, interval, wait)
+    await asyncio.to_thread(server.start)
+    return server
+
+
+def require(clients: Sequence[Client], wanted: int, health: Health, what: str) -> None:
+    if len(clients) < wanted:
+        raise BenchError(
+            f"{what}: {len(clients)} of {wanted} connections opened; failures: {health.failures}"
+        )
