@@ -167,6 +167,7 @@ class RedisBroadcaster:
         self._instance = client.register_script(_INSTANCE)
         self._cluster: ClusterStats | None = None
         self._skipped_reasons: set[str] = set()
+        self._decoder = wire.Decoder()
 
     # Keys
 
@@ -416,7 +417,7 @@ class RedisBroadcaster:
 
     def _decode(self, project_id: str, data: bytes) -> InstanceEvent | None:
         try:
-            origin, event = wire.decode(project_id, data)
+            origin, event = self._decoder.decode(project_id, data)
         except wire.Unreadable as exc:
             self._metrics.instance_events_skipped.labels(exc.reason).inc()
             if exc.reason not in self._skipped_reasons:

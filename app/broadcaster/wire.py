@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 from pydantic_core import from_json, to_json
 
 from app.rooms.events import Author, InstanceEvent, Resync, Revoke, RoomEvent
@@ -21,7 +21,7 @@ _NEWLINE = b"\n"
 class _Header(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    v: int
+    v: StrictInt
     origin: str
 
 
@@ -93,38 +93,60 @@ def encode(origin: str, event: InstanceEvent) -> bytes:
     return to_json(header) + _NEWLINE
 
 
-def decode(project_id: str, data: bytes) -> tuple[str, InstanceEvent]:
-    """The origin instance and the event; raises Unreadable for what it must skip."""
-    head, _, payload = data.partition(_NEWLINE)
+class Decoder:
+    """Reads what other instances publish. Authors repeat (a few people type at a time), so the
+    last few thousand are kept rather than built again for every event."""
+
+    def __init__(self, max_authors: int = 4096) -> None:
+        self._authors: dict[tuple[str, str, str], Author] = {}
+        self._max_authors = max_authors
+
+    def decode(self, project_id: str, data: bytes) -> tuple[str, InstanceEvent]:
+        """The origin instance and the event; raises Unreadable for what it must skip."""
+        head, _, payload = data.partition(_NEWLINE)
+        try:
+            # One pass in the common case: 5 µs against 7 for parsing, then validating.
+            header = _HEADER.validate_json(head)
+        except ValidationError:
+            raise _unreadable(head) from None
+        if header.v != VERSION:
+            raise Unreadable("unknown_version", f"expected version {VERSION}, got {header.v}")
+        if isinstance(header, EventHeader):
+            return header.origin, RoomEvent(
+                project_id=project_id,
+                type=header.type,
+                payload=payload,
+                author=self._author(header.author),
+                timestamp=header.ts,
+                exclude=header.exclude,
+                seq=header.seq,
+            )
+        if isinstance(header, RevokeHeader):
+            return header.origin, Revoke(project_id, header.user_id)
+        return header.origin, Resync(project_id)
+
+    def _author(self, fields: _AuthorFields) -> Author:
+        key = (fields.user_id, fields.username, fields.client_id)
+        author = self._authors.get(key)
+        if author is None:
+            if len(self._authors) >= self._max_authors:
+                self._authors.clear()
+            author = self._authors[key] = Author(*key)
+        return author
+
+
+def _unreadable(head: bytes) -> Unreadable:
+    """Why a header that is not a version 1 header was refused."""
     try:
         fields = from_json(head)
     except ValueError:
-        raise Unreadable("malformed", "expected a JSON header line") from None
+        return Unreadable("malformed", "expected a JSON header line")
     if not isinstance(fields, dict):
-        raise Unreadable("malformed", "expected a JSON object as the header")
+        return Unreadable("malformed", "expected a JSON object as the header")
     version = fields.get("v")
     if type(version) is not int or version != VERSION:
-        raise Unreadable("unknown_version", f"expected version {VERSION}, got {version!r}")
+        return Unreadable("unknown_version", f"expected version {VERSION}, got {version!r}")
     kind = fields.get("kind")
     if kind not in KINDS:
-        raise Unreadable("unknown_kind", f"expected one of {sorted(KINDS)}, got {kind!r}")
-    try:
-        header = _HEADER.validate_python(fields)
-    except ValidationError as exc:
-        raise Unreadable("malformed", f"expected a version {VERSION} {kind} header") from exc
-    if isinstance(header, EventHeader):
-        author = header.author
-        event: InstanceEvent = RoomEvent(
-            project_id=project_id,
-            type=header.type,
-            payload=payload,
-            author=Author(author.user_id, author.username, author.client_id),
-            timestamp=header.ts,
-            exclude=header.exclude,
-            seq=header.seq,
-        )
-    elif isinstance(header, RevokeHeader):
-        event = Revoke(project_id, header.user_id)
-    else:
-        event = Resync(project_id)
-    return header.origin, event
+        return Unreadable("unknown_kind", f"expected one of {sorted(KINDS)}, got {kind!r}")
+    return Unreadable("malformed", f"expected a version {VERSION} {kind} header")

@@ -19,22 +19,24 @@ def broadcast(event: RoomEvent, connections: Mapping[str, Connection]) -> int:
     message_type, sender = event.type, event.author.client_id
     # Rooms nearly always speak one protocol: the last codec's bytes are kept at hand, and
     # the table is only consulted when a member speaks another.
-    encoded: dict[Codec, tuple[bytes, bytes] | None] = {}
+    encoded: dict[Codec, tuple[bytes | None, bytes]] = {}
     codec: Codec | None = None
-    current: tuple[bytes, bytes] | None = None
+    data: bytes | None = None
+    frame = b""
     delivered = 0
     for client_id, connection in connections.items():
         if client_id == exclude:
             continue
         if connection.codec is not codec:
             codec = connection.codec
-            if codec in encoded:
-                current = encoded[codec]
-            else:
+            cached = encoded.get(codec)
+            if cached is None:
                 data = codec.encode(event)
-                current = None if data is None else (data, data_frame(data, codec.binary))
-                encoded[codec] = current
-        if current is not None:
-            connection.deliver(current[0], message_type, sender, current[1])
+                frame = b"" if data is None else data_frame(data, codec.binary)
+                encoded[codec] = (data, frame)
+            else:
+                data, frame = cached
+        if data is not None:
+            connection.deliver(data, message_type, sender, frame)
             delivered += 1
     return delivered

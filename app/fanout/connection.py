@@ -48,6 +48,7 @@ class Connection:
     __slots__ = (
         "_backlog",
         "_backlog_bytes",
+        "_binary",
         "_latest",
         "_limits",
         "_live",
@@ -81,6 +82,7 @@ class Connection:
         self.username = username
         self.author = Author(user_id, username, client_id)
         self.codec = codec
+        self._binary = codec.binary
         self.project_id = project_id
         self.ip = ip
         self.connected_at = time.monotonic()
@@ -118,7 +120,7 @@ class Connection:
         transport = self._transport
         backlog = self._backlog
         if not backlog:
-            if transport.offer(data, frame, self.codec.binary):
+            if transport.offer(data, frame, self._binary):
                 return
         elif transport.closed:
             return
@@ -167,7 +169,7 @@ class Connection:
             entry.data = None
             self._live -= 1
             self._backlog_bytes -= len(data)
-            transport.send_data(data, self.codec.binary)
+            transport.send_data(data, self._binary)
         if not backlog:
             self._latest.clear()
             transport.on_drain(None)

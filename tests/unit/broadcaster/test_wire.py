@@ -21,7 +21,7 @@ EVENT = RoomEvent(
 
 @pytest.mark.parametrize("event", [EVENT, Revoke("p1", "bob"), Resync("p1")])
 def test_every_event_round_trips(event: RoomEvent | Revoke | Resync) -> None:
-    assert wire.decode("p1", wire.encode("instance-a", event)) == ("instance-a", event)
+    assert wire.Decoder().decode("p1", wire.encode("instance-a", event)) == ("instance-a", event)
 
 
 def test_the_payload_crosses_as_it_is_after_one_header_line() -> None:
@@ -36,7 +36,7 @@ def test_a_field_this_release_does_not_know_is_ignored() -> None:
     head, payload = wire.encode("instance-b", EVENT).split(b"\n", 1)
     header = json.loads(head) | {"priority": "high", "trace": {"id": 7}}
 
-    origin, event = wire.decode("p1", json.dumps(header).encode() + b"\n" + payload)
+    origin, event = wire.Decoder().decode("p1", json.dumps(header).encode() + b"\n" + payload)
 
     assert (origin, event) == ("instance-b", EVENT)
 
@@ -56,7 +56,7 @@ def test_a_field_this_release_does_not_know_is_ignored() -> None:
 )
 def test_what_cannot_be_read_is_refused_with_a_reason(header: object, reason: str) -> None:
     with pytest.raises(wire.Unreadable) as info:
-        wire.decode("p1", json.dumps(header).encode() + b"\n{}")
+        wire.Decoder().decode("p1", json.dumps(header).encode() + b"\n{}")
 
     assert info.value.reason == reason
 
@@ -64,6 +64,6 @@ def test_what_cannot_be_read_is_refused_with_a_reason(header: object, reason: st
 @pytest.mark.parametrize("data", [b"", b"not json\n{}", b"a1\ncursor_update\nc1\n\n{}"])
 def test_junk_and_the_old_unversioned_format_are_malformed(data: bytes) -> None:
     with pytest.raises(wire.Unreadable) as info:
-        wire.decode("p1", data)
+        wire.Decoder().decode("p1", data)
 
     assert info.value.reason == "malformed"
