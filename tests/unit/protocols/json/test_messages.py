@@ -419,13 +419,3 @@ def test_utc_timestamp_converts_other_time_zones_to_utc() -> None:
     moment = datetime(2024, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
 
     assert utc_timestamp(moment) == "2024-01-01T10:00:00.000Z"
-
-
-def test_message_error_payload_omits_empty_details() -> None:
-    assert Refusal("x", "y").payload() == {"code": "x", "message": "y"}
-    assert Refusal("x", "y", details=[]).payload() == {"code": "x", "message": "y"}
-    assert Refusal("x", "y", details=[{"loc": "a", "msg": "b"}]).payload() == {
-        "code": "x",
-        "message": "y",
-        "details": [{"loc": "a", "msg": "b"}],
-    }
