@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi import APIRouter, Depends, Path, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,7 +15,6 @@ from app.routers.deps import AuthDep, RegistryDep
 from app.routers.errors import ApiError, ErrorResponse
 
 SERVICE_ROLE = "service"
-MAX_BODY_BYTES = 1024 * 1024
 
 service_bearer = HTTPBearer(
     auto_error=False,
@@ -27,17 +26,14 @@ ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorResponse, "description": "Invalid project id"},
     401: {"model": ErrorResponse, "description": "Missing or invalid token"},
     403: {"model": ErrorResponse, "description": "The token has no `service` role"},
-    413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+    413: {"model": ErrorResponse, "description": "Body over MAX_BODY_BYTES (1 MiB by default)"},
 }
 
 
 def service_identity(
     auth: AuthDep,
-    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(service_bearer)],
 ) -> Identity:
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes")
     try:
         identity = auth.verify(credentials.credentials if credentials else None)
     except AuthError as exc:

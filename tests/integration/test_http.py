@@ -1,4 +1,5 @@
-"""The HTTP endpoints: probes, /stats behind a token, /metrics, and the OpenAPI document."""
+"""The HTTP endpoints: probes, /stats behind a token, /metrics, and the OpenAPI document;
+and the limits on every request body."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.clients import member, receive, receive_type, send
+from app.settings import Settings
+from tests.support.clients import member, raw_http, receive, receive_type, send
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.anyio
+
+MAX_BODY_BYTES = Settings().max_body_bytes
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -157,3 +161,33 @@ async def test_unknown_path_uses_the_error_shape(http: httpx.AsyncClient) -> Non
     response = await http.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/stats", "/health", "/nope"])
+async def test_every_route_refuses_a_declared_oversized_body_unread(
+    server: ServerProcess, path: str
+) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", path, {"Content-Length": str(MAX_BODY_BYTES + 1)})
+        response = await conn.response()
+        assert response.status == 413
+        assert response.json() == {
+            "error": "payload_too_large",
+            "message": f"expected at most {MAX_BODY_BYTES} bytes",
+        }
+        assert await conn.closed_by_server()
+
+
+async def test_a_chunked_body_nobody_reads_still_ends_at_the_limit(server: ServerProcess) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", "/health", {"Transfer-Encoding": "chunked"})
+        await conn.send_chunk(b"x")
+        response = await conn.response()  # answered without the body: the route takes none
+        assert response.status == 405
+        sent = 1
+        while sent <= MAX_BODY_BYTES:
+            chunk = b"x" * min(64 * 1024, MAX_BODY_BYTES + 1 - sent)
+            await conn.send_chunk(chunk)
+            sent += len(chunk)
+        # Past the limit the connection ends instead of reading on to discard.
+        assert await conn.closed_by_server()

@@ -54,6 +54,12 @@ def test_defaults_match_the_go_service() -> None:
     assert settings.log_level == "info"
 
 
+def test_request_bodies_are_limited_by_default() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.max_body_bytes == 1024 * 1024
+
+
 @pytest.mark.parametrize(
     ("environment", "host"), [("development", "127.0.0.1"), ("production", "0.0.0.0")]
 )
@@ -84,6 +90,7 @@ def test_values_are_read_from_the_environment() -> None:
             "SHUTDOWN_DRAIN": "1m",
             "INSTANCE_ID": " ws-1 ",
             "LOG_LEVEL": "DEBUG",
+            "MAX_BODY_BYTES": "65536",
         }
     )
 
@@ -101,6 +108,7 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.shutdown_drain == 60.0
     assert settings.instance_id == "ws-1"
     assert settings.log_level == "debug"
+    assert settings.max_body_bytes == 65536
 
 
 # Durations
@@ -163,6 +171,7 @@ def test_zero_timing_durations_are_refused(name: str) -> None:
         "MAX_CONNECTIONS_PER_IP",
         "WS_SEND_QUEUE_LIMIT",
         "WS_SEND_QUEUE_BYTES",
+        "MAX_BODY_BYTES",
     ],
 )
 @pytest.mark.parametrize("raw", ["abc", "1.5", "10k"])
@@ -176,6 +185,7 @@ def test_bad_integers_name_the_variable(name: str, raw: str) -> None:
     [
         ("MAX_CONNECTIONS_PER_IP", "0"),
         ("MAX_MESSAGE_SIZE", "1023"),
+        ("MAX_BODY_BYTES", "1023"),
         ("WEBSOCKET_SERVICE_PORT", "-1"),
         ("WEBSOCKET_SERVICE_PORT", "65536"),
     ],
