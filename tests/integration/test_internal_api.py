@@ -41,6 +41,31 @@ async def test_users_and_anonymous_callers_are_refused(
     assert other_role.status_code == 403
 
 
+async def test_an_anonymous_caller_is_refused_before_its_body_is_sent(
+    server: ServerProcess,
+) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head(
+            "POST", EVENTS, {"Content-Type": "application/json", "Content-Length": "60"}
+        )
+        # Not a byte of the body: the answer must not need it.
+        response = await conn.response()
+        assert (response.status, response.json()["error"]) == (401, "unauthorized")
+
+
+async def test_an_anonymous_chunked_body_is_refused_after_its_first_chunk(
+    server: ServerProcess,
+) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head(
+            "POST", EVENTS, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        )
+        # The first 64 KiB of what would be 64 MiB.
+        await conn.send_chunk(b"[" + b"0," * 32767)
+        response = await conn.response()
+        assert (response.status, response.json()["error"]) == (401, "unauthorized")
+
+
 @pytest.mark.parametrize("authenticated", [False, True])
 async def test_a_declared_oversized_body_is_refused_unread(
     server: ServerProcess, authenticated: bool
