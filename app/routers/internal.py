@@ -31,6 +31,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorResponse, "description": "Invalid project id"},
     401: {"model": ErrorResponse, "description": "Missing or invalid token"},
     403: {"model": ErrorResponse, "description": "The token has no `service` role"},
+    408: {"model": ErrorResponse, "description": "The body did not arrive within BODY_TIMEOUT"},
     413: {"model": ErrorResponse, "description": "Body over MAX_BODY_BYTES (1 MiB by default)"},
 }
 

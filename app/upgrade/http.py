@@ -8,7 +8,9 @@ upgrade, and uvicorn's sans-I/O protocol then never answers: the client would ha
 Bodies are limited here too, while they arrive, so that no layer above (the app reads a whole
 body before it validates it) can be made to hold more: a declared Content-Length over the limit
 gets 413 before a byte of the body is read, and a chunked body as soon as its running total
-passes the limit. The connection is then closed, as the rest of such a body is not worth reading.
+passes the limit. A body must also arrive whole within the body timeout, or the client gets 408:
+trickled, it would otherwise hold the connection, and the request waiting on it, forever. Either
+way the connection is closed, as the rest of such a body is not worth reading.
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ def _response(status: int, phrase: str, code: str, message: str) -> bytes:
 class GatewayHttpProtocol(HttpToolsProtocol):
     handshake_timeout: ClassVar[float] = 10.0
     max_head_bytes: ClassVar[int] = 16384
+    body_timeout: ClassVar[float] = 10.0
     max_body_bytes: ClassVar[int] = 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head = bytearray()
+        self._body_timer: asyncio.TimerHandle | None = None
         self._body_bytes = 0
-        # Set once a refusal is written: the parser may still call back for the rest of the
-        # data it was fed, and none of it may reach the app.
+        # Set once the connection is refused: the parser may still call back for the rest of
+        # the data it was fed, and none of it may reach the app.
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -65,12 +69,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._stop_head_timer()
-        if self._declared_length() > self.max_body_bytes:
+        declared, chunked = self._body_framing()
+        if declared > self.max_body_bytes:
             # No cycle exists for this request yet: answer only if no earlier one is under way.
             self._refuse_too_large(answer=self._idle())
             return
         super().on_headers_complete()
         self._body_bytes = 0
+        if (declared or chunked) and not self._upgrading():
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -86,6 +93,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._stop_body_timer()
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
@@ -112,18 +120,27 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         if self._refused:  # the parser reports an upgrade even for a head refused above
             return
+        self._stop_body_timer()
         super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
-    def _declared_length(self) -> int:
+    def _body_framing(self) -> tuple[int, bool]:
+        """The declared Content-Length (0 if none) and whether the body is chunked."""
+        declared, chunked = 0, False
         for name, value in self.headers:
             if name == b"content-length":
                 # llhttp has already refused anything but digits (and spaces around them).
-                return int(value)
-        return 0
+                declared = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        return declared, chunked
+
+    def _upgrading(self) -> bool:
+        return bool(self.parser.should_upgrade()) and self._should_upgrade()
 
     def _idle(self) -> bool:
         """No response is under way or queued: a refusal written now answers the newest request."""
@@ -142,12 +159,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         response = _response(
             408, "Request Timeout", "request_timeout", "the request was not completed"
         )
         self._refuse(response if self._idle() else None)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        self._refuse_body(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"expected the whole body within {self.body_timeout:g} s, "
+            f"got {self._body_bytes} bytes of it",
+            answer=self._own_answer_pending(),
+        )
 
     def _refuse_too_large(self, *, answer: bool) -> None:
         self._refuse_body(
@@ -176,6 +209,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _refuse(self, response: bytes | None) -> None:
         """Write `response`, if any, and close; the app's request, if any, sees a disconnect."""
         self._stop_head_timer()
+        self._stop_body_timer()
         self._refused = True
         if response is not None and not self.transport.is_closing():
             self.transport.write(response)
@@ -192,6 +226,7 @@ def http_protocol_class(
     *,
     handshake_timeout: float,
     max_head_bytes: int,
+    body_timeout: float,
     max_body_bytes: int,
 ) -> type[GatewayHttpProtocol]:
     """A GatewayHttpProtocol subclass bound to this server's limits."""
@@ -201,6 +236,7 @@ def http_protocol_class(
         {
             "handshake_timeout": handshake_timeout,
             "max_head_bytes": max_head_bytes,
+            "body_timeout": body_timeout,
             "max_body_bytes": max_body_bytes,
         },
     )

@@ -62,6 +62,7 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         http=http_protocol_class(
             handshake_timeout=settings.handshake_timeout,
             max_head_bytes=settings.max_header_bytes,
+            body_timeout=settings.body_timeout,
             max_body_bytes=settings.max_body_bytes,
         ),
         ws=protocol_class(settings.ws_write_wait),

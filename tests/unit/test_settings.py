@@ -58,6 +58,7 @@ def test_request_bodies_are_limited_by_default() -> None:
     settings = Settings.from_env({})
 
     assert settings.max_body_bytes == 1024 * 1024
+    assert settings.body_timeout == 10.0
 
 
 @pytest.mark.parametrize(
@@ -91,6 +92,7 @@ def test_values_are_read_from_the_environment() -> None:
             "INSTANCE_ID": " ws-1 ",
             "LOG_LEVEL": "DEBUG",
             "MAX_BODY_BYTES": "65536",
+            "BODY_TIMEOUT": "30s",
         }
     )
 
@@ -109,6 +111,7 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.instance_id == "ws-1"
     assert settings.log_level == "debug"
     assert settings.max_body_bytes == 65536
+    assert settings.body_timeout == 30.0
 
 
 # Durations
@@ -140,7 +143,7 @@ def test_bad_durations_name_the_variable(raw: str) -> None:
 
 @pytest.mark.parametrize("raw", ["abc", "10", "5x", "-1s", "  "])
 @pytest.mark.parametrize(
-    "name", ["WS_PING_INTERVAL", "WS_PONG_WAIT", "WS_WRITE_WAIT", "JWT_LEEWAY"]
+    "name", ["WS_PING_INTERVAL", "WS_PONG_WAIT", "WS_WRITE_WAIT", "JWT_LEEWAY", "BODY_TIMEOUT"]
 )
 def test_bad_duration_in_the_environment_names_the_variable(name: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=rf"^{name}: "):
@@ -153,7 +156,15 @@ def test_empty_duration_variable_means_the_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["WS_PING_INTERVAL", "WS_PONG_WAIT", "WS_WRITE_WAIT", "PRESENCE_TTL", "SHUTDOWN_DRAIN"]
+    "name",
+    [
+        "WS_PING_INTERVAL",
+        "WS_PONG_WAIT",
+        "WS_WRITE_WAIT",
+        "PRESENCE_TTL",
+        "SHUTDOWN_DRAIN",
+        "BODY_TIMEOUT",
+    ],
 )
 def test_zero_timing_durations_are_refused(name: str) -> None:
     with pytest.raises(SettingsError, match=rf"^{name}: expected a duration greater than zero"):
