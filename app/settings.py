@@ -145,6 +145,11 @@ class Settings:
     stats_required_role: str | None = None
     handshake_timeout: float = 10.0
     max_header_bytes: int = 16384
+    # Counted while a body arrives, chunked included, so nothing ever buffers more than this.
+    max_body_bytes: int = 1024 * 1024
+    # The whole body's deadline from the end of the head: at the defaults a client must send
+    # MAX_BODY_BYTES at about 100 KB/s, which any backend service on the network does.
+    body_timeout: float = 10.0
     # None means the environment's default: any origin in development, same-origin in production.
     allowed_origins: tuple[str, ...] | None = None
     log_level: LogLevel = "info"
@@ -223,6 +228,8 @@ class Settings:
             stats_required_role=(env.get("STATS_REQUIRED_ROLE") or "").strip() or None,
             handshake_timeout=_positive_duration(env, "HANDSHAKE_TIMEOUT", "10s"),
             max_header_bytes=_integer(env, "MAX_HEADER_BYTES", 16384, 1024),
+            max_body_bytes=_integer(env, "MAX_BODY_BYTES", 1024 * 1024, 1024),
+            body_timeout=_positive_duration(env, "BODY_TIMEOUT", "10s"),
             allowed_origins=_origins(env.get("ALLOWED_ORIGINS")),
             log_level=_choice(  # type: ignore[arg-type]
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")

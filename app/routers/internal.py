@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
-from app.admission.auth import Identity
+from app.admission.auth import AuthService, Identity
 from app.admission.gatekeeper import PROJECT_ID
 from app.errors import Refusal
 from app.protocols.json.messages import OpenPayload
-from app.routers.deps import AuthDep, RegistryDep
+from app.routers.deps import AuthDep, RegistryDep, container_of
 from app.routers.errors import ErrorResponse
 
 SERVICE_ROLE = "service"
-MAX_BODY_BYTES = 1024 * 1024
+# Where the identity verified before the body was read waits for the route's own dependency.
+_VERIFIED_SERVICE = "texflow.service_identity"
 
 service_bearer = HTTPBearer(
     auto_error=False,
@@ -28,7 +32,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorResponse, "description": "Invalid project id"},
     401: {"model": ErrorResponse, "description": "Missing or invalid token"},
     403: {"model": ErrorResponse, "description": "The token has no `service` role"},
-    413: {"model": ErrorResponse, "description": "Body over 1 MiB"},
+    408: {"model": ErrorResponse, "description": "The body did not arrive within BODY_TIMEOUT"},
+    413: {"model": ErrorResponse, "description": "Body over MAX_BODY_BYTES (1 MiB by default)"},
 }
 
 
@@ -37,14 +42,36 @@ def service_identity(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(service_bearer)],
 ) -> Identity:
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise Refusal("payload_too_large", f"expected at most {MAX_BODY_BYTES} bytes", status=413)
+    verified = request.scope.get(_VERIFIED_SERVICE)
+    if isinstance(verified, Identity):
+        return verified
     identity = auth.verify(credentials.credentials if credentials else None)
     if SERVICE_ROLE not in identity.roles:
         raise Refusal(
             "forbidden", "this endpoint is for services: expected role 'service'", status=403
         )
+    request.scope[_VERIFIED_SERVICE] = identity
     return identity
+
+
+class ServiceRoute(APIRoute):
+    """A route that checks for the `service` role before anything reads the request body.
+
+    FastAPI reads and parses a route's body before it solves any dependency, the service check
+    included, so an anonymous caller could make an instance hold a whole body only to be told
+    401. Checking first means a refused caller costs no body at all; the body parameters stay
+    ordinary FastAPI ones, so validation and the OpenAPI document are unchanged.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def service_first(request: Request) -> Response:
+            auth: AuthService = container_of(request).auth()
+            service_identity(auth, request, await service_bearer(request))
+            return await handler(request)
+
+        return service_first
 
 
 ServiceDep = Annotated[Identity, Depends(service_identity)]
@@ -83,7 +110,7 @@ class RevocationAccepted(BaseModel):
     closed_locally: int = Field(description="Connections this instance closed with 4003")
 
 
-router = APIRouter(prefix="/internal", tags=["internal"])
+router = APIRouter(prefix="/internal", tags=["internal"], route_class=ServiceRoute)
 
 
 @router.post(

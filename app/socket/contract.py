@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
@@ -59,8 +59,19 @@ HTTP_METHODS = (
     "data_received",
     "on_message_begin",
     "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "handle_websocket_upgrade",
+    "_should_upgrade",
 )
-HTTP_STATE = ("loop",)
+HTTP_STATE = ("loop", "parser", "pipeline", "headers", "cycle", "client", "transport")
+# The request/response cycle state the body limits read and set when they refuse a request.
+CYCLE_WRITES = (
+    "self.response_started = ",
+    "self.response_complete = ",
+    "self.disconnected = ",
+    "self.message_event = ",
+)
 
 
 class ContractError(RuntimeError):
@@ -70,12 +81,14 @@ class ContractError(RuntimeError):
 def check_uvicorn(
     websocket_base: type[Any] = WebSocketsSansIOProtocol,
     http_base: type[Any] = HttpToolsProtocol,
+    cycle: type[Any] = RequestResponseCycle,
 ) -> None:
     """Raise ContractError listing everything missing; return quietly when all is there."""
     problems = [
         *_missing_methods(websocket_base, WEBSOCKET_METHODS),
-        *_missing_writes(websocket_base),
+        *_missing_writes(websocket_base, WEBSOCKET_WRITES),
         *_missing_methods(http_base, HTTP_METHODS),
+        *_missing_writes(cycle, CYCLE_WRITES),
     ]
     if not problems:
         problems = [*_websocket_state(websocket_base), *_http_state(http_base)]
@@ -94,14 +107,14 @@ def _missing_methods(base: type[Any], names: Iterable[str]) -> list[str]:
     ]
 
 
-def _missing_writes(base: type[Any]) -> list[str]:
+def _missing_writes(base: type[Any], writes: Iterable[str]) -> list[str]:
     try:
         source = "".join(inspect.getsource(cls) for cls in base.__mro__ if cls is not object)
     except (OSError, TypeError):
         return [f"expected the source of {base.__name__} to check its state changes, got none"]
     return [
         f"expected {base.__name__} to make the write `{write.strip()}`, got none"
-        for write in WEBSOCKET_WRITES
+        for write in writes
         if write not in source
     ]
 

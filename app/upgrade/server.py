@@ -63,7 +63,12 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         root_path=settings.root_path,
         port=settings.port,
-        http=http_protocol_class(settings.handshake_timeout, settings.max_header_bytes),
+        http=http_protocol_class(
+            handshake_timeout=settings.handshake_timeout,
+            max_head_bytes=settings.max_header_bytes,
+            body_timeout=settings.body_timeout,
+            max_body_bytes=settings.max_body_bytes,
+        ),
         ws=protocol_class(settings.ws_write_wait),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ws_ping_interval,

@@ -1,17 +1,28 @@
-"""The HTTP endpoints: probes, /stats behind a token, /metrics, and the OpenAPI document."""
+"""The HTTP endpoints: probes, /stats behind a token, /metrics, and the OpenAPI document;
+and the limits on every request body."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.clients import member, receive, receive_type, send
-from tests.support.server import ServerProcess
+from app.settings import Settings
+from tests.support.clients import RawHttp, member, raw_http, receive, receive_type, send
+from tests.support.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.anyio
+
+MAX_BODY_BYTES = Settings().max_body_bytes
+BODY_TIMEOUT = 1.0
+# How often a trickling client sends its next byte: far more often than BODY_TIMEOUT, so only
+# a deadline on the whole body can end the request, never one on silence.
+TRICKLE_INTERVAL = 0.1
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -157,3 +168,99 @@ async def test_unknown_path_uses_the_error_shape(http: httpx.AsyncClient) -> Non
     response = await http.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/stats", "/health", "/nope"])
+async def test_every_route_refuses_a_declared_oversized_body_unread(
+    server: ServerProcess, path: str
+) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", path, {"Content-Length": str(MAX_BODY_BYTES + 1)})
+        response = await conn.response()
+        assert response.status == 413
+        assert response.json() == {
+            "error": "payload_too_large",
+            "message": f"expected at most {MAX_BODY_BYTES} bytes",
+        }
+        assert await conn.closed_by_server()
+
+
+async def test_a_chunked_body_nobody_reads_still_ends_at_the_limit(server: ServerProcess) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", "/health", {"Transfer-Encoding": "chunked"})
+        await conn.send_chunk(b"x")
+        response = await conn.response()  # answered without the body: the route takes none
+        assert response.status == 405
+        sent = 1
+        while sent <= MAX_BODY_BYTES:
+            chunk = b"x" * min(64 * 1024, MAX_BODY_BYTES + 1 - sent)
+            await conn.send_chunk(chunk)
+            sent += len(chunk)
+        # Past the limit the connection ends instead of reading on to discard.
+        assert await conn.closed_by_server()
+
+
+@pytest.fixture(scope="module")
+def impatient() -> Iterator[ServerProcess]:
+    with running_server({"BODY_TIMEOUT": f"{BODY_TIMEOUT}s"}) as running:
+        yield running
+
+
+async def trickle(conn: RawHttp) -> None:
+    """Send a byte every TRICKLE_INTERVAL until the server stops reading."""
+    try:
+        while True:
+            await conn.send(b" ")
+            await anyio.sleep(TRICKLE_INTERVAL)  # the pace of the attack, not a wait for anything
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return
+
+
+async def test_a_trickled_body_is_answered_408_within_the_body_timeout(
+    impatient: ServerProcess,
+) -> None:
+    token = impatient.token("svc", extra={"roles": ["service"]})
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Length": "1000",
+        "Authorization": f"Bearer {token}",
+    }
+    async with raw_http(impatient.port) as conn, anyio.create_task_group() as tasks:
+        await conn.send_head("POST", "/internal/projects/demo/events", headers)
+        # The trickle never ends: an answer at all is the deadline at work.
+        tasks.start_soon(trickle, conn)
+        response = await conn.response()
+        assert response.status == 408
+        body = response.json()
+        assert body["error"] == "request_timeout"
+        assert await conn.closed_by_server()
+        tasks.cancel_scope.cancel()
+    # Bytes kept coming until the end: the deadline is on the body, not on a silence.
+    received = re.fullmatch(
+        rf"expected the whole body within {BODY_TIMEOUT:g} s, got (\d+) bytes of it",
+        body["message"],
+    )
+    assert received is not None, body
+    assert int(received[1]) >= 2
+    refusals = [
+        (entry["level"], entry["status"])
+        for entry in map(json.loads, impatient.logs().splitlines())
+        if entry.get("event") == "http_body_refused"
+    ]
+    assert ("info", 408) in refusals
+    assert '"level": "error"' not in impatient.logs()
+
+
+async def test_a_trickled_body_after_an_early_answer_is_dropped_within_the_body_timeout(
+    impatient: ServerProcess,
+) -> None:
+    headers = {"Content-Type": "application/json", "Content-Length": "1000"}
+    async with raw_http(impatient.port) as conn, anyio.create_task_group() as tasks:
+        await conn.send_head("POST", "/internal/projects/demo/events", headers)
+        tasks.start_soon(trickle, conn)
+        response = await conn.response()
+        assert response.status == 401  # at once, without the body
+        # The rest of the body would only be read to be discarded, and the trickle never ends:
+        # the server closing at all is the deadline at work.
+        assert await conn.closed_by_server()
+        tasks.cancel_scope.cancel()

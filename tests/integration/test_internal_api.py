@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
-from tests.support.clients import close_code, member, receive, receive_type, send
+from app.settings import Settings
+from tests.support.clients import close_code, member, raw_http, receive, receive_type, send
 from tests.support.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.anyio
+
+MAX_BODY_BYTES = Settings().max_body_bytes
+EVENTS = "/internal/projects/demo/events"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -33,6 +39,90 @@ async def test_users_and_anonymous_callers_are_refused(
         url, json=body, headers=bearer(server.token("ann", extra={"roles": ["admin"]}))
     )
     assert other_role.status_code == 403
+
+
+async def test_an_anonymous_caller_is_refused_before_its_body_is_sent(
+    server: ServerProcess,
+) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head(
+            "POST", EVENTS, {"Content-Type": "application/json", "Content-Length": "60"}
+        )
+        # Not a byte of the body: the answer must not need it.
+        response = await conn.response()
+        assert (response.status, response.json()["error"]) == (401, "unauthorized")
+
+
+async def test_an_anonymous_chunked_body_is_refused_after_its_first_chunk(
+    server: ServerProcess,
+) -> None:
+    async with raw_http(server.port) as conn:
+        await conn.send_head(
+            "POST", EVENTS, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        )
+        # The first 64 KiB of what would be 64 MiB.
+        await conn.send_chunk(b"[" + b"0," * 32767)
+        response = await conn.response()
+        assert (response.status, response.json()["error"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+async def test_a_declared_oversized_body_is_refused_unread(
+    server: ServerProcess, authenticated: bool
+) -> None:
+    headers = {"Content-Type": "application/json", "Content-Length": str(64 * 1024 * 1024)}
+    if authenticated:
+        headers["Authorization"] = f"Bearer {service_token(server)}"
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", EVENTS, headers)
+        response = await conn.response()
+        assert response.status == 413
+        assert response.json() == {
+            "error": "payload_too_large",
+            "message": f"expected at most {MAX_BODY_BYTES} bytes",
+        }
+        assert await conn.closed_by_server()
+
+
+async def test_a_services_chunked_body_is_refused_once_it_passes_the_limit(
+    server: ServerProcess,
+) -> None:
+    headers = {
+        "Content-Type": "application/json",
+        "Transfer-Encoding": "chunked",
+        "Authorization": f"Bearer {service_token(server)}",
+    }
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", EVENTS, headers)
+        sent = 0
+        while sent <= MAX_BODY_BYTES:
+            # The last chunk ends one byte past the limit: no final chunk follows, so only a
+            # running count can refuse it.
+            chunk = b" " * min(64 * 1024, MAX_BODY_BYTES + 1 - sent)
+            await conn.send_chunk(chunk)
+            sent += len(chunk)
+        response = await conn.response()
+        assert (response.status, response.json()["error"]) == (413, "payload_too_large")
+        assert await conn.closed_by_server()
+    assert '"level": "error"' not in server.logs()
+
+
+async def test_a_services_chunked_body_within_the_limit_is_accepted(
+    server: ServerProcess,
+) -> None:
+    headers = {
+        "Content-Type": "application/json",
+        "Transfer-Encoding": "chunked",
+        "Authorization": f"Bearer {service_token(server)}",
+    }
+    body = json.dumps({"type": "compilation_started", "payload": {"log": "x" * 100_000}})
+    async with raw_http(server.port) as conn:
+        await conn.send_head("POST", EVENTS, headers)
+        for start in range(0, len(body), 30_000):
+            await conn.send_chunk(body[start : start + 30_000].encode())
+        await conn.send(b"0\r\n\r\n")
+        response = await conn.response()
+        assert (response.status, response.json()) == (202, {"local_recipients": 0})
 
 
 async def test_service_event_reaches_every_connection_of_the_project(

@@ -1,4 +1,4 @@
-"""Clients for the tests: JSON helpers over `websockets`, and a raw socket for misbehaving peers."""
+"""Clients for the tests: JSON helpers over `websockets`, and raw sockets for misbehaving peers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.abc import SocketStream
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -140,3 +142,68 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RawHttp:
+    """An HTTP/1.1 request by hand, for what HTTP clients never do: stop part way through a
+    body, trickle it, or declare far more than they send."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self._buffer = b""
+
+    async def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *map(": ".join, headers.items())]
+        await self.stream.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def send_chunk(self, data: bytes) -> None:
+        await self.stream.send(b"%x\r\n%s\r\n" % (len(data), data))
+
+    async def _receive(self) -> bytes:
+        with anyio.fail_after(RECEIVE_TIMEOUT):
+            return await self.stream.receive(65536)
+
+    async def response(self) -> RawResponse:
+        """The next response; fails if none arrives within RECEIVE_TIMEOUT."""
+        while b"\r\n\r\n" not in self._buffer:
+            self._buffer += await self._receive()
+        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(self._buffer) < length:
+            self._buffer += await self._receive()
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return RawResponse(int(status_line.split(" ", 2)[1]), headers, body)
+
+    async def closed_by_server(self) -> bool:
+        """Whether the server closes the connection (or resets it) rather than send more."""
+        if self._buffer:
+            return False
+        try:
+            await self._receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return True
+        return False
+
+
+@asynccontextmanager
+async def raw_http(port: int) -> AsyncIterator[RawHttp]:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        yield RawHttp(stream)

@@ -54,6 +54,13 @@ def test_defaults_match_the_go_service() -> None:
     assert settings.log_level == "info"
 
 
+def test_request_bodies_are_limited_by_default() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.body_timeout == 10.0
+
+
 @pytest.mark.parametrize(
     ("environment", "host"), [("development", "127.0.0.1"), ("production", "0.0.0.0")]
 )
@@ -84,6 +91,8 @@ def test_values_are_read_from_the_environment() -> None:
             "SHUTDOWN_DRAIN": "1m",
             "INSTANCE_ID": " ws-1 ",
             "LOG_LEVEL": "DEBUG",
+            "MAX_BODY_BYTES": "65536",
+            "BODY_TIMEOUT": "30s",
         }
     )
 
@@ -101,6 +110,8 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.shutdown_drain == 60.0
     assert settings.instance_id == "ws-1"
     assert settings.log_level == "debug"
+    assert settings.max_body_bytes == 65536
+    assert settings.body_timeout == 30.0
 
 
 # Durations
@@ -132,7 +143,7 @@ def test_bad_durations_name_the_variable(raw: str) -> None:
 
 @pytest.mark.parametrize("raw", ["abc", "10", "5x", "-1s", "  "])
 @pytest.mark.parametrize(
-    "name", ["WS_PING_INTERVAL", "WS_PONG_WAIT", "WS_WRITE_WAIT", "JWT_LEEWAY"]
+    "name", ["WS_PING_INTERVAL", "WS_PONG_WAIT", "WS_WRITE_WAIT", "JWT_LEEWAY", "BODY_TIMEOUT"]
 )
 def test_bad_duration_in_the_environment_names_the_variable(name: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=rf"^{name}: "):
@@ -145,7 +156,15 @@ def test_empty_duration_variable_means_the_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["WS_PING_INTERVAL", "WS_PONG_WAIT", "WS_WRITE_WAIT", "PRESENCE_TTL", "SHUTDOWN_DRAIN"]
+    "name",
+    [
+        "WS_PING_INTERVAL",
+        "WS_PONG_WAIT",
+        "WS_WRITE_WAIT",
+        "PRESENCE_TTL",
+        "SHUTDOWN_DRAIN",
+        "BODY_TIMEOUT",
+    ],
 )
 def test_zero_timing_durations_are_refused(name: str) -> None:
     with pytest.raises(SettingsError, match=rf"^{name}: expected a duration greater than zero"):
@@ -163,6 +182,7 @@ def test_zero_timing_durations_are_refused(name: str) -> None:
         "MAX_CONNECTIONS_PER_IP",
         "WS_SEND_QUEUE_LIMIT",
         "WS_SEND_QUEUE_BYTES",
+        "MAX_BODY_BYTES",
     ],
 )
 @pytest.mark.parametrize("raw", ["abc", "1.5", "10k"])
@@ -176,6 +196,7 @@ def test_bad_integers_name_the_variable(name: str, raw: str) -> None:
     [
         ("MAX_CONNECTIONS_PER_IP", "0"),
         ("MAX_MESSAGE_SIZE", "1023"),
+        ("MAX_BODY_BYTES", "1023"),
         ("WEBSOCKET_SERVICE_PORT", "-1"),
         ("WEBSOCKET_SERVICE_PORT", "65536"),
     ],
