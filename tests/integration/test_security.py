@@ -11,15 +11,18 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.support.clients import (
+    HeaderList,
     RawClient,
     close_code,
+    exchange,
     member,
     open_ws,
     receive,
     receive_type,
     send,
+    upgrade_headers,
 )
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -221,3 +224,71 @@ async def test_deflate_bomb_closes_with_1009() -> None:
         with anyio.fail_after(5):
             async with member(url, compression="deflate") as (_, state):
                 assert state["type"] == "presence_state"
+
+
+# Handshakes that are not valid WebSocket upgrades are refused by the protocol layer, before the
+# app: each is named by its mistake, with headers built from a valid upgrade.
+HANDSHAKE_FAULTS: dict[str, tuple[str, dict[str, str | None], HeaderList, int, str]] = {
+    "version 8": ("GET", {"Sec-WebSocket-Version": "8"}, [], 400, "unsupported_websocket_version"),
+    "no version": (
+        "GET",
+        {"Sec-WebSocket-Version": None},
+        [],
+        400,
+        "unsupported_websocket_version",
+    ),
+    "two versions": (
+        "GET",
+        {},
+        [("Sec-WebSocket-Version", "8")],
+        400,
+        "unsupported_websocket_version",
+    ),
+    "no key": ("GET", {"Sec-WebSocket-Key": None}, [], 400, "invalid_handshake"),
+    "short key": ("GET", {"Sec-WebSocket-Key": "c2hvcnQ="}, [], 400, "invalid_handshake"),
+    "bad subprotocol header": (
+        "GET",
+        {"Sec-WebSocket-Protocol": "bearer, =x"},
+        [],
+        400,
+        "invalid_handshake",
+    ),
+    # uvicorn reads the last Upgrade header; websockets refuses two protocols.
+    "two upgrades": ("GET", {}, [("Upgrade", "h2c")], 426, "upgrade_required"),
+    "POST": ("POST", {}, [], 405, "method_not_allowed"),
+}
+
+
+@pytest.mark.parametrize("fault", HANDSHAKE_FAULTS)
+async def test_malformed_handshakes_are_refused_in_the_json_error_shape(
+    server: ServerProcess, fault: str
+) -> None:
+    method, changes, extra, status, code = HANDSHAKE_FAULTS[fault]
+    headers = [*extra, *upgrade_headers(server.port, changes)]
+    path = f"/ws/handshake?token={server.token('ann')}"
+    got, fields, body = await anyio.to_thread.run_sync(
+        lambda: exchange(server.port, path, headers, method)
+    )
+    assert got == status
+    assert fields["content-type"] == "application/json"
+    refusal = json.loads(body)
+    assert refusal.keys() == {"error", "message"}
+    assert refusal["error"] == code
+    assert refusal["message"]
+
+
+async def test_unsupported_websocket_version_names_the_supported_one(
+    server: ServerProcess,
+) -> None:
+    # RFC 6455 4.2.2: the refusal carries the versions the server understands.
+    headers = upgrade_headers(server.port, {"Sec-WebSocket-Version": "8"})
+    path = f"/ws/version?token={server.token('ann')}"
+    status, fields, body = await anyio.to_thread.run_sync(
+        lambda: exchange(server.port, path, headers)
+    )
+    assert status == 400
+    assert fields["sec-websocket-version"] == "13"
+    assert json.loads(body) == {
+        "error": "unsupported_websocket_version",
+        "message": "expected Sec-WebSocket-Version 13, got 8",
+    }

@@ -1,0 +1,102 @@
+"""A client's mistakes at the WebSocket protocol level, answered as the service answers the rest.
+
+websockets' sans-I/O handshake refuses a request that is not a valid upgrade (bad
+`Sec-WebSocket-Version`, missing `Sec-WebSocket-Key`, two `Upgrade` protocols, a POST...)
+before the app sees it, with a plain-text body. Here those refusals take the service's
+`{"error", "message"}` shape, and a version refusal names the version the server speaks, as
+RFC 6455 section 4.2.2 requires.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidHeaderValue,
+    InvalidMethod,
+    InvalidOrigin,
+    InvalidUpgrade,
+)
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
+from websockets.typing import StatusLike
+
+WEBSOCKET_VERSION = "13"
+
+# A refused version is quoted back only when it looks like one ("8", "7, 8"), never at length.
+_QUOTABLE_VERSION = re.compile(r"[0-9][0-9, ]{0,15}")
+
+# For refusals websockets makes without a handshake fault to explain them (uvicorn's own).
+_CODES_BY_STATUS = {403: "forbidden", 500: "internal_error"}
+
+
+def refusal_of(fault: BaseException | None, status: int) -> tuple[str, str]:
+    """The `error` code and client-safe message for a handshake refused with `status`."""
+    if isinstance(fault, InvalidHeader) and fault.name.lower() == "sec-websocket-version":
+        if fault.value is None:
+            got = "none"
+        elif not isinstance(fault, InvalidHeaderValue):
+            got = "several headers"
+        elif _QUOTABLE_VERSION.fullmatch(fault.value):
+            got = fault.value
+        else:
+            got = "another value"
+        return (
+            "unsupported_websocket_version",
+            f"expected Sec-WebSocket-Version {WEBSOCKET_VERSION}, got {got}",
+        )
+    if isinstance(fault, InvalidUpgrade):
+        return "upgrade_required", "expected Upgrade: websocket and Connection: Upgrade"
+    if isinstance(fault, InvalidMethod):
+        return "method_not_allowed", "a WebSocket upgrade must be a GET"
+    if isinstance(fault, InvalidOrigin):
+        return "origin_not_allowed", "this Origin may not open WebSockets here"
+    if isinstance(fault, InvalidHeader):
+        # The header's name, never its value: nothing the client sent is echoed back.
+        missing = "missing" if fault.value is None else "invalid"
+        return "invalid_handshake", f"{missing} {fault.name} header"
+    if isinstance(fault, InvalidHandshake):
+        return "invalid_handshake", "the WebSocket upgrade request is malformed"
+    return _CODES_BY_STATUS.get(status, "invalid_handshake"), "the WebSocket was not opened"
+
+
+class JsonRefusals(ServerProtocol):
+    """websockets' server handshake, refusing in the service's JSON error shape."""
+
+    def reject(self, status: StatusLike, text: str) -> Response:
+        # Every refusal websockets makes comes through here, with the fault already recorded
+        # in `handshake_exc`; `text` is its plain-text explanation, which quotes the request.
+        plain = super().reject(status, text)
+        code, message = refusal_of(self.handshake_exc, plain.status_code)
+        body = json.dumps({"error": code, "message": message}).encode()
+        headers = Headers(
+            (name, value)
+            for name, value in plain.headers.raw_items()
+            if name.lower() not in {"content-type", "content-length"}
+        )
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(body))
+        if code == "unsupported_websocket_version":
+            headers["Sec-WebSocket-Version"] = WEBSOCKET_VERSION
+        return Response(plain.status_code, plain.reason_phrase, headers, body)
+
+
+class ClientFaultsProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, answering client faults as described above."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn builds websockets' protocol itself; this is the same one, with its settings,
+        # as the subclass that refuses in JSON.
+        built = self.conn
+        self.conn = JsonRefusals(
+            extensions=built.available_extensions,
+            max_size=(built.max_message_size, built.max_fragment_size),
+            logger=built.logger,
+        )
