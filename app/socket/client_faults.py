@@ -4,7 +4,8 @@ websockets' sans-I/O handshake refuses a request that is not a valid upgrade (ba
 `Sec-WebSocket-Version`, missing `Sec-WebSocket-Key`, two `Upgrade` protocols, a POST...)
 before the app sees it, with a plain-text body. Here those refusals take the service's
 `{"error", "message"}` shape, and a version refusal names the version the server speaks, as
-RFC 6455 section 4.2.2 requires.
+RFC 6455 section 4.2.2 requires. A head websockets refuses while parsing it, which uvicorn
+would never answer, is answered too.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import (
+    HeaderLineTooLong,
     InvalidHandshake,
     InvalidHeader,
     InvalidHeaderValue,
     InvalidMethod,
     InvalidOrigin,
     InvalidUpgrade,
+    TooManyHeaders,
 )
-from websockets.http11 import Response
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.server import ServerProtocol
 from websockets.typing import StatusLike
 
@@ -61,6 +64,11 @@ def refusal_of(fault: BaseException | None, status: int) -> tuple[str, str]:
         # The header's name, never its value: nothing the client sent is echoed back.
         missing = "missing" if fault.value is None else "invalid"
         return "invalid_handshake", f"{missing} {fault.name} header"
+    if isinstance(fault, TooManyHeaders | HeaderLineTooLong):
+        return (
+            "headers_too_large",
+            f"expected at most {MAX_NUM_HEADERS} header lines of at most {MAX_LINE_LENGTH} bytes",
+        )
     if isinstance(fault, InvalidHandshake):
         return "invalid_handshake", "the WebSocket upgrade request is malformed"
     return _CODES_BY_STATUS.get(status, "invalid_handshake"), "the WebSocket was not opened"
@@ -100,3 +108,21 @@ class ClientFaultsProtocol(WebSocketsSansIOProtocol):
             max_size=(built.max_message_size, built.max_fragment_size),
             logger=built.logger,
         )
+
+    def answer_unparsed_request(self) -> None:
+        """Answer a request head websockets refused while parsing it.
+
+        uvicorn hands the whole head over in one call, then writes only in answer to the
+        request websockets parses from it. When websockets refuses the head instead (more than
+        128 header lines, or a line it does not take) it queues its refusal and no request:
+        without this the client waits, its socket open, for an answer that never comes.
+        """
+        if self.handshake_initiated or self.conn.handshake_exc is None:
+            return
+        answer = b"".join(self.conn.data_to_send())
+        if not answer:
+            # A head websockets cannot read as HTTP at all: it closes without a word.
+            answer = self.conn.reject(400, "").serialize()
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.transport.write(answer)
+        self.transport.close()

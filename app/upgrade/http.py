@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.socket.client_faults import ClientFaultsProtocol
+
 MAX_LINE_BYTES = 8192
 
 
@@ -75,6 +77,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The WebSocket protocol has the whole head now, and the transport: if websockets
+        # refused the head while parsing it, nothing else would answer.
+        protocol = self.transport.get_protocol()
+        if isinstance(protocol, ClientFaultsProtocol):
+            protocol.answer_unparsed_request()
 
     def _start_head_timer(self) -> None:
         self._head = bytearray()

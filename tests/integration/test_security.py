@@ -292,3 +292,24 @@ async def test_unsupported_websocket_version_names_the_supported_one(
         "error": "unsupported_websocket_version",
         "message": "expected Sec-WebSocket-Version 13, got 8",
     }
+
+
+# websockets refuses these while parsing the head, and uvicorn, which writes only in answer to
+# a parsed request, never sent its refusal: the client waited with its socket open.
+UNPARSED_HEADS: dict[str, tuple[HeaderList, int, str]] = {
+    "129+ header lines": ([(f"X-Filler-{i}", "x") for i in range(130)], 431, "headers_too_large"),
+    "a request body": ([("Transfer-Encoding", "chunked")], 400, "invalid_handshake"),
+}
+
+
+@pytest.mark.parametrize("fault", UNPARSED_HEADS)
+async def test_upgrade_heads_websockets_cannot_parse_are_answered(
+    server: ServerProcess, fault: str
+) -> None:
+    extra, status, code = UNPARSED_HEADS[fault]
+    headers = upgrade_headers(server.port) + extra
+    path = f"/ws/unparsed?token={server.token('ann')}"
+    got, fields, body = await anyio.to_thread.run_sync(lambda: exchange(server.port, path, headers))
+    assert got == status
+    assert fields["content-type"] == "application/json"
+    assert json.loads(body)["error"] == code

@@ -16,6 +16,7 @@ from websockets.exceptions import (
     InvalidHeaderValue,
     InvalidMethod,
     InvalidUpgrade,
+    TooManyHeaders,
 )
 from websockets.http11 import Request
 
@@ -88,6 +89,11 @@ def upgrade(**changes: str | None) -> Request:
             "expected Upgrade: websocket and Connection: Upgrade",
         ),
         (InvalidMethod("POST"), "method_not_allowed", "a WebSocket upgrade must be a GET"),
+        (
+            TooManyHeaders("too many"),
+            "headers_too_large",
+            "expected at most 128 header lines of at most 8192 bytes",
+        ),
     ],
 )
 def test_each_handshake_fault_has_a_code_and_a_message_that_echoes_nothing(
