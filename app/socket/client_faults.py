@@ -6,6 +6,9 @@ before the app sees it, with a plain-text body. Here those refusals take the ser
 `{"error", "message"}` shape, and a version refusal names the version the server speaks, as
 RFC 6455 section 4.2.2 requires. A head websockets refuses while parsing it, which uvicorn
 would never answer, is answered too.
+
+Invalid UTF-8 is closed with 1007 and a reason the disconnect log line carries, where uvicorn
+logged a traceback at error level: error level is for the service's own faults.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import StatusLike
 
 WEBSOCKET_VERSION = "13"
+CLOSE_INVALID_DATA = 1007
 
 # A refused version is quoted back only when it looks like one ("8", "7, 8"), never at length.
 _QUOTABLE_VERSION = re.compile(r"[0-9][0-9, ]{0,15}")
@@ -108,6 +112,28 @@ class ClientFaultsProtocol(WebSocketsSansIOProtocol):
             max_size=(built.max_message_size, built.max_fragment_size),
             logger=built.logger,
         )
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn's, except for text that is not UTF-8: the client's fault, closed with 1007
+        # and a reason the disconnect log line carries, where uvicorn logs a traceback at error.
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            # Past our close frame: reads go on only until the peer's close arrives.
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                self.conn.send_close(CLOSE_INVALID_DATA, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def answer_unparsed_request(self) -> None:
         """Answer a request head websockets refused while parsing it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import zlib
+from typing import Any
 
 import anyio
 import pytest
@@ -23,6 +24,7 @@ from tests.support.clients import (
     upgrade_headers,
 )
 from tests.support.server import ServerProcess, running_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -209,6 +211,22 @@ async def test_invalid_utf8_closes_with_1007() -> None:
             raw.close()
             assert code == 1007
             assert (await receive_type(watcher, "user_left"))["user_id"] == "raw"
+
+        def raw_disconnects() -> list[dict[str, Any]]:
+            events = [json.loads(line) for line in server.logs().splitlines()]
+            return [
+                e for e in events if e.get("event") == "ws_disconnected" and e["user_id"] == "raw"
+            ]
+
+        async def raw_disconnect_logged() -> bool:
+            return bool(raw_disconnects())
+
+        # The client's fault, logged by its disconnect line: not at error, with no traceback.
+        await eventually(raw_disconnect_logged)
+        [left] = raw_disconnects()
+        assert (left["close_code"], left["close_reason"]) == (1007, "invalid UTF-8")
+        assert '"level": "error"' not in server.logs()
+        assert "Traceback" not in server.output()
 
 
 async def test_deflate_bomb_closes_with_1009() -> None:
