@@ -1,4 +1,5 @@
-"""A client's mistakes at the WebSocket protocol level, answered as the service answers the rest.
+"""A client's mistakes at the WebSocket protocol level, answered and logged as the service
+answers and logs the rest.
 
 websockets' sans-I/O handshake refuses a request that is not a valid upgrade (bad
 `Sec-WebSocket-Version`, missing `Sec-WebSocket-Key`, two `Upgrade` protocols, a POST...)
@@ -7,16 +8,20 @@ before the app sees it, with a plain-text body. Here those refusals take the ser
 RFC 6455 section 4.2.2 requires. A head websockets refuses while parsing it, which uvicorn
 would never answer, is answered too.
 
-Invalid UTF-8 is closed with 1007 and a reason the disconnect log line carries, where uvicorn
-logged a traceback at error level: error level is for the service's own faults.
+Each refusal is logged once, at info, as `ws_rejected` (the app logs its own refusals the same
+way), and invalid UTF-8 is closed with 1007 and a reason the disconnect line carries. uvicorn
+and websockets logged these at error level, with a traceback for the UTF-8: error level is for
+the service's own faults, and those still log there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import (
@@ -29,12 +34,18 @@ from websockets.exceptions import (
     InvalidUpgrade,
     TooManyHeaders,
 )
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import StatusLike
 
 WEBSOCKET_VERSION = "13"
 CLOSE_INVALID_DATA = 1007
+
+logger = logging.getLogger("texflow.ws")
+# uvicorn hands websockets its own error logger, where websockets reports every connection
+# opened, refused and closed at info. The service logs each of those itself, with who and
+# why; `app.logs` keeps this logger at warning, so websockets' own faults still show.
+WEBSOCKETS_LOGGER = logging.getLogger("websockets.server")
 
 # A refused version is quoted back only when it looks like one ("8", "7, 8"), never at length.
 _QUOTABLE_VERSION = re.compile(r"[0-9][0-9, ]{0,15}")
@@ -81,11 +92,15 @@ def refusal_of(fault: BaseException | None, status: int) -> tuple[str, str]:
 class JsonRefusals(ServerProtocol):
     """websockets' server handshake, refusing in the service's JSON error shape."""
 
+    # The status and code of the last refusal made, for the log.
+    refusal: tuple[int, str] | None = None
+
     def reject(self, status: StatusLike, text: str) -> Response:
         # Every refusal websockets makes comes through here, with the fault already recorded
         # in `handshake_exc`; `text` is its plain-text explanation, which quotes the request.
         plain = super().reject(status, text)
         code, message = refusal_of(self.handshake_exc, plain.status_code)
+        self.refusal = (plain.status_code, code)
         body = json.dumps({"error": code, "message": message}).encode()
         headers = Headers(
             (name, value)
@@ -102,6 +117,8 @@ class JsonRefusals(ServerProtocol):
 class ClientFaultsProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, answering client faults as described above."""
 
+    conn: JsonRefusals
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # uvicorn builds websockets' protocol itself; this is the same one, with its settings,
@@ -110,8 +127,38 @@ class ClientFaultsProtocol(WebSocketsSansIOProtocol):
         self.conn = JsonRefusals(
             extensions=built.available_extensions,
             max_size=(built.max_message_size, built.max_fragment_size),
-            logger=built.logger,
+            logger=WEBSOCKETS_LOGGER,
         )
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code != 101:
+            self._log_refusal()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] == "websocket.http.response.start"
+            and not self.handshake_complete
+            and self.initial_response is None
+        ):
+            # What uvicorn does with the start of the app's refusal, less its info line: the
+            # app logged the refusal already (ws_rejected), with its reason.
+            headers = [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in message.get("headers", [])
+            ]
+            self.initial_response = (message["status"], headers, b"")
+            return
+        await super().send(message)
+        if (
+            message["type"] == "websocket.http.response.body"
+            and self.close_sent
+            and not self.handshake_complete
+        ):
+            # The refusal answered the handshake. Left incomplete, uvicorn logs "ASGI callable
+            # returned without completing handshake" at error when the app returns, as though
+            # the app had failed to answer.
+            self.handshake_complete = True
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn's, except for text that is not UTF-8: the client's fault, closed with 1007
@@ -152,3 +199,21 @@ class ClientFaultsProtocol(WebSocketsSansIOProtocol):
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
         self.transport.write(answer)
         self.transport.close()
+        self._log_refusal()
+
+    def _log_refusal(self) -> None:
+        refusal = self.conn.refusal
+        # A 5xx is the service's own fault, which websockets or uvicorn logged at error.
+        if refusal is None or refusal[0] >= 500:
+            return
+        status, code = refusal
+        logger.info(
+            "upgrade refused",
+            extra={
+                "event": "ws_rejected",
+                "code": code,
+                "status": status,
+                # The TCP peer: this is before admission, which reads X-Forwarded-For.
+                "peer": self.client[0] if self.client else "unknown",
+            },
+        )

@@ -1,9 +1,13 @@
-"""Client faults at the protocol level: refused handshakes in the JSON error shape."""
+"""Client faults at the protocol level: refused handshakes in the JSON error shape, and logged
+as the client's, while the app's own failures still log at error."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from uvicorn.config import Config
@@ -142,7 +146,7 @@ def test_the_protocol_keeps_uvicorns_websocket_settings(compression: bool) -> No
     async def app(scope: object, receive: object, send: object) -> None:
         raise AssertionError("not called")
 
-    config = Config(app, ws_max_size=4321, ws_per_message_deflate=compression)
+    config = Config(app, ws_max_size=4321, ws_per_message_deflate=compression, log_config=None)
     config.load()
     loop = asyncio.new_event_loop()
     try:
@@ -159,3 +163,108 @@ def test_the_protocol_keeps_uvicorns_websocket_settings(compression: bool) -> No
     assert bool(ours.conn.available_extensions) == compression
     assert ours.conn.max_message_size == uvicorns.conn.max_message_size == 4321
     assert ours.conn.max_fragment_size == uvicorns.conn.max_fragment_size
+
+
+UPGRADE = (
+    b"GET /ws/demo HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        addresses = {"peername": ("192.0.2.7", 50000), "sockname": ("127.0.0.1", 8082)}
+        return addresses.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def uvicorn_log() -> Iterator[list[logging.LogRecord]]:
+    # A handler of our own on uvicorn's logger: whatever configured logging before, and
+    # whether or not it propagates, every record it takes is seen.
+    log = logging.getLogger("uvicorn.error")
+    handler, level = Records(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield handler.records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+async def serve_one_upgrade(app: Any) -> bytes:
+    """Run one upgrade request through the protocol with `app`; what it wrote back."""
+    config = Config(app, proxy_headers=False, log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = ClientFaultsProtocol(config, state, {}, _loop=asyncio.get_running_loop())
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(UPGRADE)
+    await asyncio.gather(*state.tasks)
+    assert transport.closing
+    return bytes(transport.written)
+
+
+@pytest.mark.anyio
+async def test_the_apps_refusal_is_sent_and_leaves_no_error_nor_a_second_line(
+    uvicorn_log: list[logging.LogRecord],
+) -> None:
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        body = b'{"error": "forbidden", "message": "no"}'
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+
+    written = await serve_one_upgrade(refuse)
+
+    assert written.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert written.endswith(b'{"error": "forbidden", "message": "no"}')
+    # The app logs its refusals itself (ws_rejected): uvicorn adds nothing, least of all an error.
+    assert [record.getMessage() for record in uvicorn_log] == []
+
+
+@pytest.mark.anyio
+async def test_an_app_that_never_answers_the_handshake_still_logs_an_error(
+    uvicorn_log: list[logging.LogRecord],
+) -> None:
+    async def forget(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    written = await serve_one_upgrade(forget)
+
+    assert written.startswith(b"HTTP/1.1 500 ")
+    errors = [record for record in uvicorn_log if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in errors] == [
+        "ASGI callable returned without completing handshake."
+    ]
