@@ -78,6 +78,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        # The HTTP parser refused the request; in the shape of every other refusal.
+        self._refuse(
+            _response(400, "Bad Request", "invalid_request", "the request is not valid HTTP/1.1")
+        )
+
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         # The WebSocket protocol has the whole head now, and the transport: if websockets

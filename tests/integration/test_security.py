@@ -331,3 +331,16 @@ async def test_upgrade_heads_websockets_cannot_parse_are_answered(
     assert got == status
     assert fields["content-type"] == "application/json"
     assert json.loads(body)["error"] == code
+
+
+async def test_a_request_that_is_not_http_is_refused_in_the_json_error_shape(
+    server: ServerProcess,
+) -> None:
+    # A control character in a header value: the HTTP parser refuses it before anything else.
+    headers = [*upgrade_headers(server.port), ("X-Control", "a\x01b")]
+    status, fields, body = await anyio.to_thread.run_sync(
+        lambda: exchange(server.port, "/ws/not-http", headers)
+    )
+    assert status == 400
+    assert fields["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "invalid_request"
