@@ -53,6 +53,9 @@ class JsonFormatter(logging.Formatter):
 def log_config(level: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` for the service and uvicorn, handed to uvicorn.Config."""
     upper = level.upper()
+    # websockets' info lines repeat the service's own (connection opened, refused, closed);
+    # its warnings and errors still show.
+    websockets_level = max(logging.getLevelName(upper), logging.WARNING)
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -69,5 +72,10 @@ def log_config(level: str) -> dict[str, Any]:
             "uvicorn": {"handlers": ["stdout"], "level": upper, "propagate": False},
             "uvicorn.error": {"level": upper},
             "uvicorn.access": {"handlers": ["stdout"], "level": upper, "propagate": False},
+            "websockets": {
+                "handlers": ["stdout"],
+                "level": logging.getLevelName(websockets_level),
+                "propagate": False,
+            },
         },
     }

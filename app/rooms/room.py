@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from app.fanout.connection import Connection
 
 
+# A room's opening: nobody has opened it, an entrant is opening it, or it is open.
+_CLOSED = "closed"
+_OPENING = "opening"
+_OPEN = "open"
+
+
 class RoomHooks(Protocol):
     """What a server-side document hangs on a room's lifecycle."""
 
@@ -52,10 +58,12 @@ class Room:
 
     __slots__ = (
         "_broadcaster",
+        "_failure",
         "_grace_timer",
         "_hooks",
-        "_opening",
         "_previous",
+        "_settled",
+        "_state",
         "connections",
         "created_at",
         "joining",
@@ -81,7 +89,10 @@ class Room:
         # The closing of this project's previous room: opening waits for it, so a document is
         # never loaded while its last flush is still being written.
         self._previous = previous
-        self._opening: asyncio.Future[None] | None = None
+        self._state = _CLOSED
+        # Set when the opening in progress has succeeded or failed, for the entrants waiting.
+        self._settled = asyncio.Event()
+        self._failure: Exception | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -90,21 +101,43 @@ class Room:
         return not self.connections and not self.joining
 
     async def enter(self) -> None:
-        """Wait until the room is open for one more member, opening it if nobody has; then
-        `admit` or `abandon` must follow."""
+        """Wait until the room is open for one more member, opening it if nobody is; then
+        `admit` or `abandon` must follow. The first entrant opens the room itself, without a
+        task of its own: when nothing in the opening waits (the in-memory broadcaster, no
+        document), a join never yields, so joins complete in the order they came."""
         self.joining += 1
         self.cancel_close()
-        opening = self._opening
-        if opening is None:
-            opening = self._opening = asyncio.ensure_future(self._open())
         try:
-            # Shielded: one entrant giving up must not cancel the opening the others wait for.
-            await asyncio.shield(opening)
+            while self._state is not _OPEN:
+                if self._state is _CLOSED:
+                    await self._open_now()
+                else:
+                    settled = self._settled
+                    await settled.wait()
+                    if self._state is _CLOSED and self._failure is not None:
+                        # Everyone waiting on a failed opening is refused with its reason; a
+                        # later entrant tries again.
+                        raise self._failure
         except BaseException:
             self.joining -= 1
-            if self._opening is opening and opening.done() and not _succeeded(opening):
-                self._opening = None  # the next entrant tries again
             raise
+
+    async def _open_now(self) -> None:
+        self._state = _OPENING
+        self._settled = asyncio.Event()
+        self._failure = None
+        try:
+            await self._open()
+        except BaseException as exc:
+            self._state = _CLOSED
+            # An opener that was cancelled (its client left) has no failure to pass on: an
+            # entrant still waiting opens the room instead.
+            self._failure = exc if isinstance(exc, Exception) else None
+            raise
+        else:
+            self._state = _OPEN
+        finally:
+            self._settled.set()
 
     async def _open(self) -> None:
         if self._previous is not None:
@@ -147,11 +180,7 @@ class Room:
         """Flush and stop receiving the project's events; the room is dropped after this."""
         self.cancel_close()
         try:
-            if self._opening is not None and _succeeded(self._opening):
+            if self._state is _OPEN:
                 await self._hooks.flush(self)
         finally:
             await self._broadcaster.unsubscribe(self.project_id)
-
-
-def _succeeded(future: asyncio.Future[None]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None

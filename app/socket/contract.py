@@ -33,6 +33,9 @@ WEBSOCKET_STATE: dict[str, Callable[[Any], bool]] = {
         callable(getattr(value, name, None))
         for name in ("send_text", "send_binary", "send_close", "data_to_send")
     ),
+    "frames": lambda value: isinstance(value, list),
+    "initial_response": lambda value: value is None,
+    "handshake_initiated": lambda value: value is False,
 }
 # Methods the subclass overrides or calls.
 WEBSOCKET_METHODS = (
@@ -42,6 +45,9 @@ WEBSOCKET_METHODS = (
     "resume_writing",
     "connection_lost",
     "data_received",
+    "handle_connect",
+    "handle_parser_exception",
+    "send_receive_event_to_app",
 )
 # Writes the subclass relies on uvicorn making: the properties and replacements that keep its
 # one-flag fast path in step watch for exactly these.
@@ -52,6 +58,9 @@ WEBSOCKET_WRITES = (
     "self.writable.set()",
     "self.queue.put_nowait(",
     "self.close_timer = ",
+    # client_faults replaces how a finished message reaches the app: uvicorn must still call it.
+    "self.send_receive_event_to_app()",
+    "self.curr_msg_data_type = ",
 )
 HTTP_METHODS = (
     "connection_made",

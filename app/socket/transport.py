@@ -12,11 +12,11 @@ import asyncio
 from collections.abc import Callable, MutableMapping
 from typing import Any, ClassVar, Protocol
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
 from app.errors import CloseCode
+from app.socket.client_faults import ClientFaultsProtocol
 from app.socket.frames import data_frame
 from app.socket.primitives import Flag, Inbox
 
@@ -49,7 +49,7 @@ class FrameTransport(Protocol):
         """Call `callback` each time the buffer drains below its low-water mark."""
 
 
-class GatewayProtocol(WebSocketsSansIOProtocol):
+class GatewayProtocol(ClientFaultsProtocol):
     """The WebSocket protocol the service runs on; `app.upgrade.server` configures it."""
 
     # Set per server by `app.upgrade.server.protocol_class`, since uvicorn builds protocols itself.

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.socket.client_faults import ClientFaultsProtocol
+
 MAX_LINE_BYTES = 8192
 
 logger = logging.getLogger("texflow.http")
@@ -122,11 +124,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self._stop_body_timer()
         super().handle_websocket_upgrade()
+        # The WebSocket protocol has the whole head now, and the transport: if websockets
+        # refused the head while parsing it, nothing else would answer.
+        protocol = self.transport.get_protocol()
+        if isinstance(protocol, ClientFaultsProtocol):
+            protocol.answer_unparsed_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._stop_body_timer()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        # The HTTP parser refused the request; in the shape of every other refusal.
+        self._refuse(
+            _response(400, "Bad Request", "invalid_request", "the request is not valid HTTP/1.1")
+        )
 
     def _body_framing(self) -> tuple[int, bool]:
         """The declared Content-Length (0 if none) and whether the body is chunked."""

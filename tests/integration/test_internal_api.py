@@ -178,6 +178,20 @@ async def test_bad_event_requests(
     assert (response.status_code, response.json()["error"]) == (status, code)
 
 
+@pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e999"])
+async def test_event_with_a_number_json_cannot_carry_is_refused(
+    server: ServerProcess, http: httpx.AsyncClient, number: str
+) -> None:
+    # Python's parser reads these as floats that would be relayed as null.
+    body = '{"type": "compilation_completed", "payload": {"duration_ms": ' + number + "}}"
+    response = await http.post(
+        "/internal/projects/demo/events",
+        content=body,
+        headers={**bearer(service_token(server)), "Content-Type": "application/json"},
+    )
+    assert (response.status_code, response.json()["error"]) == (422, "invalid_request")
+
+
 async def test_disconnect_closes_the_users_connections_with_4003(
     server: ServerProcess, http: httpx.AsyncClient
 ) -> None:

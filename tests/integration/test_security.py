@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import socket
 import zlib
+from typing import Any
 
 import anyio
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.support.clients import (
+    HeaderList,
     RawClient,
     close_code,
+    exchange,
     member,
     open_ws,
     receive,
     receive_type,
     send,
+    upgrade_headers,
 )
-from tests.support.server import running_server
+from tests.support.server import ServerProcess, running_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -207,6 +212,22 @@ async def test_invalid_utf8_closes_with_1007() -> None:
             assert code == 1007
             assert (await receive_type(watcher, "user_left"))["user_id"] == "raw"
 
+        def raw_disconnects() -> list[dict[str, Any]]:
+            events = [json.loads(line) for line in server.logs().splitlines()]
+            return [
+                e for e in events if e.get("event") == "ws_disconnected" and e["user_id"] == "raw"
+            ]
+
+        async def raw_disconnect_logged() -> bool:
+            return bool(raw_disconnects())
+
+        # The client's fault, logged by its disconnect line: not at error, with no traceback.
+        await eventually(raw_disconnect_logged)
+        [left] = raw_disconnects()
+        assert (left["close_code"], left["close_reason"]) == (1007, "invalid UTF-8")
+        assert '"level": "error"' not in server.logs()
+        assert "Traceback" not in server.output()
+
 
 async def test_deflate_bomb_closes_with_1009() -> None:
     with running_server({"WS_COMPRESSION": "true", "MAX_MESSAGE_SIZE": "65536"}) as server:
@@ -221,3 +242,105 @@ async def test_deflate_bomb_closes_with_1009() -> None:
         with anyio.fail_after(5):
             async with member(url, compression="deflate") as (_, state):
                 assert state["type"] == "presence_state"
+
+
+# Handshakes that are not valid WebSocket upgrades are refused by the protocol layer, before the
+# app: each is named by its mistake, with headers built from a valid upgrade.
+HANDSHAKE_FAULTS: dict[str, tuple[str, dict[str, str | None], HeaderList, int, str]] = {
+    "version 8": ("GET", {"Sec-WebSocket-Version": "8"}, [], 400, "unsupported_websocket_version"),
+    "no version": (
+        "GET",
+        {"Sec-WebSocket-Version": None},
+        [],
+        400,
+        "unsupported_websocket_version",
+    ),
+    "two versions": (
+        "GET",
+        {},
+        [("Sec-WebSocket-Version", "8")],
+        400,
+        "unsupported_websocket_version",
+    ),
+    "no key": ("GET", {"Sec-WebSocket-Key": None}, [], 400, "invalid_handshake"),
+    "short key": ("GET", {"Sec-WebSocket-Key": "c2hvcnQ="}, [], 400, "invalid_handshake"),
+    "bad subprotocol header": (
+        "GET",
+        {"Sec-WebSocket-Protocol": "bearer, =x"},
+        [],
+        400,
+        "invalid_handshake",
+    ),
+    # uvicorn reads the last Upgrade header; websockets refuses two protocols.
+    "two upgrades": ("GET", {}, [("Upgrade", "h2c")], 426, "upgrade_required"),
+    "POST": ("POST", {}, [], 405, "method_not_allowed"),
+}
+
+
+@pytest.mark.parametrize("fault", HANDSHAKE_FAULTS)
+async def test_malformed_handshakes_are_refused_in_the_json_error_shape(
+    server: ServerProcess, fault: str
+) -> None:
+    method, changes, extra, status, code = HANDSHAKE_FAULTS[fault]
+    headers = [*extra, *upgrade_headers(server.port, changes)]
+    path = f"/ws/handshake?token={server.token('ann')}"
+    got, fields, body = await anyio.to_thread.run_sync(
+        lambda: exchange(server.port, path, headers, method)
+    )
+    assert got == status
+    assert fields["content-type"] == "application/json"
+    refusal = json.loads(body)
+    assert refusal.keys() == {"error", "message"}
+    assert refusal["error"] == code
+    assert refusal["message"]
+
+
+async def test_unsupported_websocket_version_names_the_supported_one(
+    server: ServerProcess,
+) -> None:
+    # RFC 6455 4.2.2: the refusal carries the versions the server understands.
+    headers = upgrade_headers(server.port, {"Sec-WebSocket-Version": "8"})
+    path = f"/ws/version?token={server.token('ann')}"
+    status, fields, body = await anyio.to_thread.run_sync(
+        lambda: exchange(server.port, path, headers)
+    )
+    assert status == 400
+    assert fields["sec-websocket-version"] == "13"
+    assert json.loads(body) == {
+        "error": "unsupported_websocket_version",
+        "message": "expected Sec-WebSocket-Version 13, got 8",
+    }
+
+
+# websockets refuses these while parsing the head, and uvicorn, which writes only in answer to
+# a parsed request, never sent its refusal: the client waited with its socket open.
+UNPARSED_HEADS: dict[str, tuple[HeaderList, int, str]] = {
+    "129+ header lines": ([(f"X-Filler-{i}", "x") for i in range(130)], 431, "headers_too_large"),
+    "a request body": ([("Transfer-Encoding", "chunked")], 400, "invalid_handshake"),
+}
+
+
+@pytest.mark.parametrize("fault", UNPARSED_HEADS)
+async def test_upgrade_heads_websockets_cannot_parse_are_answered(
+    server: ServerProcess, fault: str
+) -> None:
+    extra, status, code = UNPARSED_HEADS[fault]
+    headers = upgrade_headers(server.port) + extra
+    path = f"/ws/unparsed?token={server.token('ann')}"
+    got, fields, body = await anyio.to_thread.run_sync(lambda: exchange(server.port, path, headers))
+    assert got == status
+    assert fields["content-type"] == "application/json"
+    assert json.loads(body)["error"] == code
+
+
+async def test_a_request_that_is_not_http_is_refused_in_the_json_error_shape(
+    server: ServerProcess,
+) -> None:
+    # A control character in a header value: the HTTP parser refuses it before anything else.
+    headers = [*upgrade_headers(server.port), ("X-Control", "a\x01b")]
+    status, fields, body = await anyio.to_thread.run_sync(
+        lambda: exchange(server.port, "/ws/not-http", headers)
+    )
+    assert status == 400
+    assert fields["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "invalid_request"

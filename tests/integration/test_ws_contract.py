@@ -286,6 +286,14 @@ BAD_INPUTS = [
     ('{"type": "yjs_awareness", "payload": {"update": []}}', "invalid_message"),
     ('{"type": "document_update", "payload": "secret-input"}', "invalid_message"),
     ('{"type": "compilation_failed", "payload": [1]}', "invalid_message"),
+    # Not JSON, or past a double's range: a relay would have turned them into null.
+    ('{"type": "document_update", "payload": {"version": NaN}}', "invalid_json"),
+    ('{"type": "document_update", "payload": {"ops": [1, Infinity]}}', "invalid_json"),
+    ('{"type": "compilation_completed", "payload": {"duration_ms": -Infinity}}', "invalid_json"),
+    ('{"type": "compilation_failed", "payload": {"log": {"n": 1e999}}}', "invalid_json"),
+    ('{"type": "ping", "payload": {"sent_at": NaN}}', "invalid_json"),
+    ('{"type": "cursor_update", "payload": {"line": 1e999, "column": 0}}', "invalid_json"),
+    ('{"type": "cursor_update", "payload": {"line": 1, "column": 0}, "at": NaN}', "invalid_json"),
 ]
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,8 @@ import anyio
 from anyio.abc import SocketStream
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+HeaderList = list[tuple[str, str]]
 
 # A guard against a hung test, not a synchronisation: every wait below ends on a message.
 RECEIVE_TIMEOUT = 10.0
@@ -66,6 +68,39 @@ async def member(url: str, **kwargs: Any) -> AsyncIterator[tuple[ClientConnectio
     async with open_ws(url, **kwargs) as ws:
         state = await receive_type(ws, "presence_state")
         yield ws, state
+
+
+def upgrade_headers(port: int, changes: Mapping[str, str | None] | None = None) -> HeaderList:
+    """The headers of a valid upgrade request, with `changes` applied (None removes one)."""
+    headers: dict[str, str | None] = {
+        "Host": f"127.0.0.1:{port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+        **(changes or {}),
+    }
+    return [(name, value) for name, value in headers.items() if value is not None]
+
+
+def exchange(
+    port: int, path: str, headers: HeaderList, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request head exactly as given; the response's status, headers (names in lower
+    case) and body, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=RECEIVE_TIMEOUT) as sock:
+        lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields: dict[str, str] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), fields, body
 
 
 class RawClient:

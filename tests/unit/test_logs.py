@@ -154,3 +154,19 @@ def test_log_config_uses_the_json_formatter_at_the_given_level() -> None:
     assert config["formatters"]["json"]["()"] is JsonFormatter
     assert config["loggers"]["texflow"]["level"] == "DEBUG"
     assert config["loggers"]["uvicorn.access"]["handlers"] == ["stdout"]
+
+
+@pytest.mark.parametrize(
+    ("level", "websockets_level"),
+    [("debug", "WARNING"), ("info", "WARNING"), ("warning", "WARNING"), ("error", "ERROR")],
+)
+def test_websockets_logs_its_warnings_and_errors_but_not_its_per_connection_lines(
+    level: str, websockets_level: str
+) -> None:
+    # "connection open", "connection rejected", "connection closed" repeat the service's own
+    # lines; uvicorn's loggers, where the service's faults go, keep the configured level.
+    config = log_config(level)
+
+    assert config["loggers"]["websockets"]["level"] == websockets_level
+    assert config["loggers"]["websockets"]["handlers"] == ["stdout"]
+    assert config["loggers"]["uvicorn.error"]["level"] == level.upper()

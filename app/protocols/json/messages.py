@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -20,7 +22,9 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
+from pydantic_core import from_json
 
 from app.errors import Refusal
 
@@ -97,6 +101,31 @@ YjsBytes = Annotated[
 ]
 
 
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a parsed JSON value is or holds an infinite or NaN float, which JSON cannot
+    carry. Nesting is bounded by the parsers' depth limits, under Python's recursion limit."""
+    items: Iterable[Any]
+    # Exact type checks: the parser makes plain floats, dicts and lists, and `type() is` is
+    # the cheapest test for the strings and integers that most of a payload is.
+    kind = type(value)
+    if kind is float:
+        return not math.isfinite(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return False
+    for item in items:
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return True
+        elif (kind is dict or kind is list) and _holds_non_finite(item):
+            return True
+    return False
+
+
 class _Payload(BaseModel):
     # Unknown keys in a typed payload are dropped: what is relayed is what was validated.
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -111,6 +140,15 @@ class OpenPayload(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     document_id: DocumentId | None = None
+
+    @model_validator(mode="after")
+    def _finite_numbers_only(self) -> Self:
+        # A number past a double's range (1e999) is JSON but parses as infinity, and Python's
+        # own parser (the HTTP API's) takes NaN too: either would be relayed as null.
+        extra = self.__pydantic_extra__
+        if extra and _holds_non_finite(extra):
+            raise ValueError("numbers must be finite and within the range of a double")
+        return self
 
     def relay(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
@@ -284,22 +322,47 @@ class Envelope(BaseModel):
     client_id: str = Field(description="Server-assigned id of the sending connection")
 
 
+_NOT_JSON = "message is not valid JSON"
+_NON_JSON_NUMBER = "message is not valid JSON: NaN and Infinity are not JSON numbers"
+_OUT_OF_RANGE = "message is not valid JSON: a number is beyond the range of a double"
+
+
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """Validate one incoming text frame, raising Refusal with a client-safe explanation."""
+    # validate_json's parser takes NaN, Infinity and -Infinity, which are not JSON, and the
+    # relay would send them on as null. from_json refuses them as it parses, so the text is
+    # parsed once, strictly, and the objects validated: 0.4 us more on a cursor_update (1.4 to
+    # 1.8 us), less than validate_json on messages over about 1 KB. Searching the text for the
+    # two words before validate_json cost 0.25 us there, but 0.6 ns a byte: 0.4 ms on 400 KB.
     try:
-        return CLIENT_MESSAGE.validate_json(text)
+        data = from_json(text, allow_inf_nan=False)
+    except ValueError:
+        raise Refusal("invalid_json", _not_json_because(text)) from None
+    try:
+        return CLIENT_MESSAGE.validate_python(data)
     except ValidationError as exc:
         raise _explain(exc) from None
 
 
+def _not_json_because(text: str | bytes) -> str:
+    # Only for text already refused: say so when NaN or Infinity was its only fault.
+    try:
+        from_json(text)
+    except ValueError:
+        return _NOT_JSON
+    return _NON_JSON_NUMBER
+
+
 def _explain(exc: ValidationError) -> Refusal:
+    # A number past a double's range parses as infinity, which typed fields refuse as a wrong
+    # type and free-form payloads as not finite; the client's mistake is the number.
+    if any(_holds_non_finite(error["input"]) for error in exc.errors(include_url=False)):
+        return Refusal("invalid_json", _OUT_OF_RANGE)
     # Pydantic's messages are kept, its `input` and `ctx` never: nothing the client sent is
     # echoed back.
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     first = errors[0]
     kind = first["type"]
-    if kind == "json_invalid":
-        return Refusal("invalid_json", "message is not valid JSON")
     if kind in {"model_attributes_type", "model_type", "dict_type"} and not first["loc"]:
         return Refusal("invalid_message", "expected a JSON object with type and payload")
     if kind == "union_tag_not_found":

@@ -245,3 +245,34 @@ async def test_a_new_room_loads_only_after_the_previous_one_finished_flushing(
         "subscribe p1",
         "load p1",
     ]
+
+
+async def test_a_join_with_nothing_to_wait_for_completes_without_yielding(
+    registry: RoomRegistry, metrics: Metrics
+) -> None:
+    # So that joins on one instance complete in the order they came: a second client never
+    # joins, and announces itself, before the first is a member.
+    alice = Client(metrics, "a1", "alice")
+    joining = registry.join(alice.connection)
+
+    with pytest.raises(StopIteration):
+        joining.send(None)
+    assert alice.types == ["presence_state"]
+
+
+async def test_an_opener_that_gives_up_leaves_the_opening_to_the_next_entrant(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    hooks.gate.clear()
+    first, second = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
+    opener = asyncio.create_task(registry.join(first.connection))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(registry.join(second.connection))
+    await asyncio.sleep(0)
+    opener.cancel()
+    hooks.gate.set()
+    await waiter
+
+    assert opener.cancelled()
+    assert second.types == ["presence_state"]
+    assert hooks.calls.count("load p1") == 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from app.errors import Refusal
 from app.protocols.json.messages import (
@@ -19,6 +21,7 @@ from app.protocols.json.messages import (
     CompilationStarted,
     CursorUpdate,
     DocumentUpdate,
+    OpenPayload,
     Ping,
     Selection,
     UserTyping,
@@ -183,6 +186,73 @@ def test_text_that_is_not_json_is_invalid_json(text: str | bytes) -> None:
 
     assert error.code == "invalid_json"
     assert error.payload() == {"code": "invalid_json", "message": "message is not valid JSON"}
+
+
+# Python's and pydantic's parsers accept these; JSON does not (RFC 8259 section 6), and a
+# relay would have turned them into null.
+NON_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity"]
+# JSON grammar allows these, but no double holds them: parsed as infinity, relayed as null.
+OUT_OF_RANGE_NUMBERS = ["1e999", "-1E+400", "1" * 400 + ".5"]
+# Where a number may sit: the free-form payloads (relayed as sent), the typed fields, nested.
+NUMBER_SITES = {
+    "document": '{"type": "document_update", "payload": {"document_id": "d", "version": %s}}',
+    "document-nested": '{"type": "document_update", "payload": {"ops": [{"at": [2, %s]}]}}',
+    "compilation-completed": '{"type": "compilation_completed", "payload": {"duration_ms": %s}}',
+    "compilation-failed": '{"type": "compilation_failed", "payload": {"errors": [%s]}}',
+    "compilation-started": '{"type": "compilation_started", "payload": {"deep": {"n": %s}}}',
+    "ping": '{"type": "ping", "payload": {"sent_at": %s}}',
+    "typed-field": '{"type": "cursor_update", "payload": {"line": %s, "column": 0}}',
+    "bytes": '{"type": "yjs_update", "payload": {"update": [1, %s]}}',
+    "type": '{"type": %s}',
+}
+
+
+@pytest.mark.parametrize("number", NON_JSON_NUMBERS + OUT_OF_RANGE_NUMBERS, ids=lambda n: n[:8])
+@pytest.mark.parametrize("site", NUMBER_SITES.values(), ids=NUMBER_SITES.keys())
+def test_non_finite_numbers_are_invalid_json(site: str, number: str) -> None:
+    error = refusal(site % number)
+
+    assert error.code == "invalid_json"
+    assert error.details is None
+
+
+@pytest.mark.parametrize("number", NON_JSON_NUMBERS)
+@pytest.mark.parametrize(
+    "site",
+    [
+        # Keys the service ignores are still part of the text, which is not JSON.
+        '{"type": "ping", "ignored": %s}',
+        '{"type": "cursor_update", "payload": {"line": 1, "column": 2, "ignored": [%s]}}',
+    ],
+    ids=["top-level", "typed-payload"],
+)
+def test_non_json_numbers_are_invalid_json_even_where_ignored(site: str, number: str) -> None:
+    assert refusal(site % number).code == "invalid_json"
+
+
+def test_refusals_say_which_numbers_are_at_fault() -> None:
+    assert "NaN" in refusal('{"type": "ping", "payload": {"n": NaN}}').message
+    assert "range" in refusal('{"type": "ping", "payload": {"n": 1e999}}').message
+    assert refusal('{"type": "ping", "payload": {"n": NaN}').message == "message is not valid JSON"
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_open_payloads_refuse_non_finite_floats_from_any_parser(number: float) -> None:
+    # The HTTP API's bodies come from Python's parser, which reads NaN as a float.
+    with pytest.raises(ValidationError):
+        OpenPayload.model_validate({"document_id": "d", "stats": [{"ratio": number}]})
+
+
+def test_non_json_number_words_inside_strings_are_text() -> None:
+    payload = {"note": "NaN, Infinity and -Infinity are words here", "n": 1e308}
+
+    assert relayed({"type": "document_update", "payload": payload}) == payload
+
+
+def test_numbers_within_double_range_are_relayed_as_sent() -> None:
+    payload = {"big": 1.7976931348623157e308, "small": -5e-324, "int": 10**400, "neg": -0.0}
+
+    assert relayed({"type": "compilation_completed", "payload": payload}) == payload
 
 
 @pytest.mark.parametrize("text", ["[]", '"ping"', "42", "null", "true"])
