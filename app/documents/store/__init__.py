@@ -10,12 +10,15 @@ from app.documents.store.base import (
     StoreError,
 )
 from app.documents.store.memory import MemoryStore
+from app.documents.store.sqlite import SchemaTooNew, SqliteStore
 
 __all__ = [
     "DocumentInfo",
     "DocumentKey",
     "DocumentStore",
     "MemoryStore",
+    "SchemaTooNew",
+    "SqliteStore",
     "StoreError",
     "StoredDocument",
 ]

@@ -13,6 +13,7 @@ from app.documents.store import (
     DocumentKey,
     DocumentStore,
     MemoryStore,
+    SqliteStore,
     StoredDocument,
 )
 
@@ -21,9 +22,13 @@ pytestmark = pytest.mark.anyio
 KEY = DocumentKey("p1", "main.tex")
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DocumentStore]:
-    store: DocumentStore = MemoryStore()
+    store: DocumentStore
+    if request.param == "memory":
+        store = MemoryStore()
+    else:
+        store = SqliteStore(tmp_path / "documents.sqlite3")
     await store.start()
     try:
         yield store
