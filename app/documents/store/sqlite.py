@@ -65,12 +65,14 @@ SCHEMA = (
     """,
 )
 
-# FULL: each commit waits for the write-ahead log to reach the disk (one fsync per batch), so an
-# acknowledged edit survives a power loss or a kernel crash, not only the death of the process.
-# NORMAL would survive `kill -9` just as well (a commit is in the kernel's page cache when it
-# returns) but could lose the last commits on power loss. Group commit pays the fsync once per
-# batch, not once per update: with 100 concurrent appenders FULL costs little
-# (docs/documents.md has the numbers); a lone appender waits for its fsync.
+# The default is FULL: each commit waits for the write-ahead log to reach the disk (one fsync
+# per batch), so an acknowledged edit survives a power loss or a kernel crash, not only the
+# death of the process. NORMAL survives `kill -9` just as well (a commit is in the kernel's page
+# cache when it returns) but may lose the last commits on power loss. Measured (medians of five
+# runs, 30-byte updates, docs/documents.md): with 100 concurrent appenders both do about 21,000
+# appends/s in batches of 100, the cost being Python's, not the disk's; a lone appender waits
+# for its fsync, 0.29 ms at the median instead of 0.05 ms (830 appends/s instead of 11,000),
+# which no one typing notices.
 Synchronous = Literal["FULL", "NORMAL"]
 
 # Operations accepted and not yet committed, at most: enough for seconds of every room of an
