@@ -1,0 +1,1 @@
+"""Server-side Yjs documents: one per (project, document), kept durable by a store."""

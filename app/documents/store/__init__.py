@@ -1,0 +1,24 @@
+"""Durable storage of Yjs documents: an append-only log of updates and compacted snapshots."""
+
+from __future__ import annotations
+
+from app.documents.store.base import (
+    DocumentInfo,
+    DocumentKey,
+    DocumentStore,
+    StoredDocument,
+    StoreError,
+)
+from app.documents.store.memory import MemoryStore
+from app.documents.store.sqlite import SchemaTooNew, SqliteStore
+
+__all__ = [
+    "DocumentInfo",
+    "DocumentKey",
+    "DocumentStore",
+    "MemoryStore",
+    "SchemaTooNew",
+    "SqliteStore",
+    "StoreError",
+    "StoredDocument",
+]
