@@ -50,6 +50,7 @@ def broadcaster_for(settings: Settings, metrics: Metrics) -> Broadcaster:
         prefix=settings.redis_prefix,
         presence_ttl=settings.presence_ttl,
         instance_id=settings.instance_id,
+        wire_version=settings.wire_version,
     )
 
 

@@ -49,7 +49,8 @@ class Metrics:
         )
         self.total_rooms = Gauge(
             "websocket_total_rooms",
-            "Rooms (projects) with at least one connection on this instance.",
+            "Rooms (projects) open on this instance: with a connection, opening, or within "
+            "their ROOM_GRACE.",
             registry=self.registry,
         )
         known = (

@@ -155,11 +155,14 @@ class Settings:
     log_level: LogLevel = "info"
     # Serves /demo in production too; its token endpoint stays development-only regardless.
     demo_enabled: bool = False
-    # The path prefix a proxy serves the service under, when it does not strip it (ASGI
-    # root_path): routes, WebSocket upgrades included, match below it.
+    # The path prefix a proxy serves the service under, stripping it from requests (ASGI
+    # root_path): routes, WebSocket upgrades included, answer below it.
     root_path: str = ""
     # How long a room stays open once its last member left: a reconnect within it finds it open.
     room_grace: float = 0.0
+    # The format this instance writes for the others: 1, or 0 while releases from before the
+    # versioned format still run beside it (every instance reads both).
+    wire_version: int = 1
 
     @property
     def is_production(self) -> bool:
@@ -237,6 +240,7 @@ class Settings:
             demo_enabled=_boolean(env, "DEMO_ENABLED", False),
             root_path=(env.get("ROOT_PATH") or "").strip(),
             room_grace=parse_duration("ROOM_GRACE", env.get("ROOM_GRACE") or "0s"),
+            wire_version=int(_choice(env, "WIRE_VERSION", "1", ("0", "1"))),
         )
         settings.check()
         return settings

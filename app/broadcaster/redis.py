@@ -106,6 +106,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 )
 
 
+# How often a reason for skipping events from other instances is logged, at most.
+_SKIP_LOG_INTERVAL = 60.0
+
+
 class ProbeTimeout(Exception):
     """Our own probe did not come back over Pub/Sub: the subscription is silently gone."""
 
@@ -135,6 +139,7 @@ class RedisBroadcaster:
         operation_timeout: float = 2.0,
         max_backoff: float = 5.0,
         publish_limit: int = 10_000,
+        wire_version: int = wire.VERSION,
     ) -> None:
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._client = client
@@ -166,8 +171,12 @@ class RedisBroadcaster:
         self._sweep = client.register_script(_SWEEP)
         self._instance = client.register_script(_INSTANCE)
         self._cluster: ClusterStats | None = None
-        self._skipped_reasons: set[str] = set()
+        self._skip_logged: dict[str, float] = {}
         self._decoder = wire.Decoder()
+        self._wire_version = wire_version
+        # Every event this instance publishes comes back to it: recognised by its first bytes,
+        # before any decoding (0.2 us against 3.4 to decode it).
+        self._own_prefix = wire.origin_prefix(self.instance_id)
 
     # Keys
 
@@ -241,7 +250,9 @@ class RedisBroadcaster:
             return
         channel = self._room_channel(event.project_id).encode()
         try:
-            sent = publisher.publish(channel, wire.encode(self.instance_id, event))
+            sent = publisher.publish(
+                channel, wire.encode(self.instance_id, event, self._wire_version)
+            )
         except Exception as exc:  # the caller's local fan-out must not pay for it
             sent = False
             self._fail(exc)
@@ -410,31 +421,41 @@ class RedisBroadcaster:
             if channel == probe:
                 self._last_probe = time.monotonic()
                 continue
-            event = self._decode(channel[len(prefix) :].decode(), message["data"])
+            data: bytes = message["data"]
+            if data.startswith(self._own_prefix):
+                continue  # already fanned out locally when it was published
+            event = self._decode(channel[len(prefix) :].decode(), data)
             if event is not None and listener is not None:
-                listener.on_remote(event)
+                try:
+                    listener.on_remote(event)
+                except Exception as exc:
+                    # One event must not cost every room its subscription: count it, go on.
+                    self._skip("failed", exc, error=True)
         raise ConnectionError(self._last_error or "connection marked broken")
 
     def _decode(self, project_id: str, data: bytes) -> InstanceEvent | None:
         try:
             origin, event = self._decoder.decode(project_id, data)
         except wire.Unreadable as exc:
-            self._metrics.instance_events_skipped.labels(exc.reason).inc()
-            if exc.reason not in self._skipped_reasons:
-                # Once per reason: during a rolling deploy every event may be one of these.
-                self._skipped_reasons.add(exc.reason)
-                logger.warning(
-                    "skipping events from another instance that this one cannot read",
-                    extra={
-                        "event": "instance_event_skipped",
-                        "reason": exc.reason,
-                        "error": str(exc),
-                    },
-                )
+            self._skip(exc.reason, exc)
             return None
         if origin == self.instance_id:
-            return None  # already fanned out locally when it was published
+            return None  # a version 0 echo of our own
         return event
+
+    def _skip(self, reason: str, exc: Exception, *, error: bool = False) -> None:
+        self._metrics.instance_events_skipped.labels(reason).inc()
+        now = time.monotonic()
+        # At most once a minute per reason: during a rolling deploy every event may be one.
+        if now - self._skip_logged.get(reason, -_SKIP_LOG_INTERVAL) < _SKIP_LOG_INTERVAL:
+            return
+        self._skip_logged[reason] = now
+        logger.log(
+            logging.ERROR if error else logging.WARNING,
+            "skipping an event from another instance",
+            exc_info=exc if error else None,
+            extra={"event": "instance_event_skipped", "reason": reason, "error": str(exc)},
+        )
 
     async def _read_replies(self, publisher: Publisher) -> None:
         try:

@@ -79,11 +79,12 @@ class RoomRegistry:
             connection.close(CloseCode.SERVICE_RESTART, "service restart")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        # Every room is closed (flushed) before the broadcaster stops, members or not: a
+        # session still leaving finds its room gone and has nothing left to do.
         for room in list(self._rooms.values()):
-            if room.idle:
-                self._drop(room)
+            self._drop(room)
         if self._closing:
-            await asyncio.gather(*self._closing.values(), return_exceptions=True)
+            await asyncio.wait(self._closing.values())
         await self._broadcaster.stop()
         for task in list(self._refreshes.values()):
             task.cancel()
@@ -149,12 +150,15 @@ class RoomRegistry:
         except BaseException:
             self._release(room)  # a room that failed to open is not kept
             raise
+        member = _member(connection)
         try:
-            first = await self._broadcaster.add_member(project_id, _member(connection))
+            first = await self._broadcaster.add_member(project_id, member)
             members = await self._broadcaster.members(project_id)
         except BaseException:
             room.abandon()
             self._release(room)
+            # The member may have been added before the join was interrupted: never a ghost.
+            await asyncio.shield(self._broadcaster.remove_member(project_id, member))
             raise
         # No await from here on: presence_state is queued before any relay can reach the room.
         self.send(connection, "presence_state", {"users": _users(members)})
@@ -178,7 +182,9 @@ class RoomRegistry:
             self._announce(connection, "user_left")
         closing = self._release(room)
         if closing is not None:
-            await asyncio.shield(closing)
+            # wait(), not await: the close is the registry's, and neither its failure nor
+            # this session's cancellation belongs to the other.
+            await asyncio.wait({closing})
 
     def _release(self, room: Room) -> asyncio.Task[None] | None:
         """Drop `room` now or after the grace period, if nobody is in it or on the way."""
@@ -229,11 +235,14 @@ class RoomRegistry:
         room = self._rooms.get(sender.project_id)
         if room is not None:
             room.apply(event)
+        self._publish(room, event)
+
+    def _publish(self, room: Room | None, event: RoomEvent) -> int:
         # Published first: the PUBLISH is handed to the socket (written at once unless its
         # buffer is backed up) before the local fan-out starts, so other instances fan out
         # while this one does.
         self._broadcaster.publish(event)
-        self._fan_out(room, event)
+        return self._fan_out(room, event)
 
     def send(self, connection: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
         """Send a server message to one connection, stamped with that connection's identity."""
@@ -264,8 +273,7 @@ class RoomRegistry:
         room = self._rooms.get(project_id)
         if room is not None:
             room.apply(event)
-        self._broadcaster.publish(event)
-        return self._fan_out(room, event)
+        return self._publish(room, event)
 
     def revoke(self, project_id: str, user_id: str) -> int:
         """Close the user's connections in the project with 4003, on every instance.
@@ -289,15 +297,25 @@ class RoomRegistry:
         return len(doomed)
 
     def _announce(self, connection: Connection, message_type: str) -> None:
+        # Presence is not document content: no hook sees it, none can refuse it.
         payload = {"user_id": connection.user_id, "username": connection.username}
-        self.relay(connection, message_type, payload)
+        event = RoomEvent(
+            connection.project_id,
+            message_type,
+            to_json(payload),
+            connection.author,
+            time.time(),
+            exclude=connection.client_id,
+        )
+        self._publish(self._rooms.get(connection.project_id), event)
 
     def _fan_out(self, room: Room | None, event: RoomEvent) -> int:
         if room is None:
             return 0
-        room.last_activity = time.time()
+        room.last_activity = event.timestamp
         delivered = broadcast(event, room.connections)
-        self._metrics.sent(event.type, delivered)
+        if delivered:
+            self._metrics.sent(event.type, delivered)
         return delivered
 
     # Presence refresh
@@ -375,8 +393,7 @@ class RoomRegistry:
             Author(member.user_id, member.username, member.client_id),
             time.time(),
         )
-        self._broadcaster.publish(event)
-        self._fan_out(self._rooms.get(project_id), event)
+        self._publish(self._rooms.get(project_id), event)
 
 
 def _users(members: list[Member]) -> list[dict[str, Any]]:

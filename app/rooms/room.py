@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from app.errors import Refusal
 from app.rooms.events import RoomEvent
+
+logger = logging.getLogger("texflow.rooms")
 
 if TYPE_CHECKING:
     from app.broadcaster.base import Broadcaster
@@ -53,17 +56,20 @@ class Room:
     Lifecycle: the first entrant opens the room (subscribes to the project's events from
     other instances, then `load`s); concurrent entrants wait for that one opening. When the
     last member leaves, the room stays for a grace period, so that a reconnect does not pay
-    for another opening; then it is closed (`flush`, unsubscribe) and dropped.
+    for another opening; then the registry drops it and closes it (`flush`, unsubscribe). A
+    project's next room opens only once every earlier one has closed.
     """
 
     __slots__ = (
         "_broadcaster",
-        "_failure",
+        "_early",
+        "_failed",
         "_grace_timer",
         "_hooks",
         "_previous",
         "_settled",
         "_state",
+        "_subscribed",
         "connections",
         "created_at",
         "joining",
@@ -76,7 +82,7 @@ class Room:
         project_id: str,
         broadcaster: Broadcaster,
         hooks: RoomHooks,
-        previous: asyncio.Future[None] | None = None,
+        previous: asyncio.Task[None] | None = None,
     ) -> None:
         self.project_id = project_id
         self.connections: dict[str, Connection] = {}
@@ -86,13 +92,17 @@ class Room:
         self.joining = 0
         self._broadcaster = broadcaster
         self._hooks = hooks
-        # The closing of this project's previous room: opening waits for it, so a document is
-        # never loaded while its last flush is still being written.
+        # The closing of this project's previous room, which itself waited for the one before:
+        # opening waits for it, so a document is never loaded while its last flush is still
+        # being written, and an old unsubscribe never lands after this room's subscribe.
         self._previous = previous
+        self._subscribed = False
         self._state = _CLOSED
         # Set when the opening in progress has succeeded or failed, for the entrants waiting.
         self._settled = asyncio.Event()
-        self._failure: Exception | None = None
+        self._failed = False
+        # Events that came while the room was opening: applied once it is loaded.
+        self._early: list[RoomEvent] = []
         self._grace_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -102,9 +112,10 @@ class Room:
 
     async def enter(self) -> None:
         """Wait until the room is open for one more member, opening it if nobody is; then
-        `admit` or `abandon` must follow. The first entrant opens the room itself, without a
-        task of its own: when nothing in the opening waits (the in-memory broadcaster, no
-        document), a join never yields, so joins complete in the order they came."""
+        `admit` or `abandon` must follow. Raises Refusal (`room_unavailable`) when the opening
+        failed. The first entrant opens the room itself, without a task of its own: when
+        nothing in the opening waits (the in-memory broadcaster, no document), a join never
+        yields, so joins complete in the order they came."""
         self.joining += 1
         self.cancel_close()
         try:
@@ -114,10 +125,10 @@ class Room:
                 else:
                     settled = self._settled
                     await settled.wait()
-                    if self._state is _CLOSED and self._failure is not None:
-                        # Everyone waiting on a failed opening is refused with its reason; a
-                        # later entrant tries again.
-                        raise self._failure
+                    if self._state is _CLOSED and self._failed:
+                        # Everyone waiting on a failed opening is refused; a later entrant
+                        # tries again.
+                        raise _unavailable()
         except BaseException:
             self.joining -= 1
             raise
@@ -125,14 +136,26 @@ class Room:
     async def _open_now(self) -> None:
         self._state = _OPENING
         self._settled = asyncio.Event()
-        self._failure = None
+        self._failed = False
         try:
             await self._open()
-        except BaseException as exc:
+            early, self._early = self._early, []
+            for event in early:
+                self._apply(event)
+        except Exception as exc:
             self._state = _CLOSED
-            # An opener that was cancelled (its client left) has no failure to pass on: an
+            self._failed = True
+            self._early = []
+            logger.error(
+                "a room could not be opened",
+                exc_info=exc,
+                extra={"event": "room_open_failed", "project_id": self.project_id},
+            )
+            raise _unavailable() from None
+        except BaseException:
+            # An opener that was cancelled (its client left) leaves no failure behind: an
             # entrant still waiting opens the room instead.
-            self._failure = exc if isinstance(exc, Exception) else None
+            self._state = _CLOSED
             raise
         else:
             self._state = _OPEN
@@ -140,12 +163,18 @@ class Room:
             self._settled.set()
 
     async def _open(self) -> None:
-        if self._previous is not None:
-            with contextlib.suppress(Exception):  # its failure was logged where it happened
-                await self._previous
-            self._previous = None
+        await self._after_previous()
+        self._subscribed = True
         await self._broadcaster.subscribe(self.project_id)
         await self._hooks.load(self)
+
+    async def _after_previous(self) -> None:
+        previous = self._previous
+        if previous is not None:
+            # wait(), not await: neither its failure (logged where it happened) nor this
+            # caller's cancellation may cross over to the other side.
+            await asyncio.wait({previous})
+            self._previous = None
 
     def admit(self, connection: Connection) -> None:
         self.joining -= 1
@@ -164,7 +193,22 @@ class Room:
         return True
 
     def apply(self, event: RoomEvent) -> None:
-        self._hooks.apply(self, event)
+        """Hand `event` to the hooks: now when the room is open, once it is when it is opening,
+        never once it is closing. A Refusal from an open room's hook stops the event."""
+        if self._state is _OPEN:
+            self._hooks.apply(self, event)
+        elif self._state is _OPENING:
+            self._early.append(event)
+
+    def _apply(self, event: RoomEvent) -> None:
+        try:
+            self._hooks.apply(self, event)
+        except Refusal as refusal:
+            # Accepted where it was sent; refused here only by a fault of ours.
+            logger.error(
+                "an event that came while the room was opening was refused",
+                extra={"event": "early_event_refused", "code": refusal.code},
+            )
 
     def close_after(self, grace: float, expire: Callable[[], None]) -> None:
         """Call `expire` in `grace` seconds unless someone enters first."""
@@ -177,10 +221,21 @@ class Room:
             self._grace_timer = None
 
     async def close(self) -> None:
-        """Flush and stop receiving the project's events; the room is dropped after this."""
+        """Flush and stop receiving the project's events, once the registry has dropped the
+        room; an earlier room of the project finishes closing first."""
         self.cancel_close()
+        opened, self._state = self._state is _OPEN, _CLOSED
+        await self._after_previous()
         try:
-            if self._state is _OPEN:
+            if opened:
                 await self._hooks.flush(self)
         finally:
-            await self._broadcaster.unsubscribe(self.project_id)
+            if self._subscribed:
+                self._subscribed = False
+                await self._broadcaster.unsubscribe(self.project_id)
+
+
+def _unavailable() -> Refusal:
+    return Refusal(
+        "room_unavailable", "this project cannot be opened right now: try again", status=503
+    )

@@ -173,13 +173,28 @@ class SessionHandler:
         metrics.active_connections.inc()
         metrics.connections.inc()
         started = time.monotonic()
-        logger.info("connected", extra={"event": "ws_connected", **_fields(connection)})
+        logger.info(
+            "connected",
+            extra={
+                "event": "ws_connected",
+                "protocol": connection.codec.name,
+                **_fields(connection),
+            },
+        )
         expiry = _Expiry(
             self._registry, connection, self._limits.expiry_warning, self._limits.leeway
         )
         code, reason = 1006, ""  # no close frame: never sent, only reported
         try:
-            await self._registry.join(connection)
+            try:
+                await self._registry.join(connection)
+            except Refusal as refusal:
+                # The room could not be opened (its document did not load, say): tell the
+                # client to come back later rather than serve it a room without its content.
+                self._registry.send(connection, "error", refusal.payload())
+                code, reason = int(CloseCode.TRY_AGAIN_LATER), refusal.code
+                connection.close(code, reason)
+                return
             expiry.schedule(ticket.identity.expires_at)
             code, reason = await self._read(websocket, connection, expiry)
         finally:

@@ -17,6 +17,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.server import ServerProtocol
 
 # Instance state uvicorn's WebSocket protocol must create in __init__, with what it must be.
 WEBSOCKET_STATE: dict[str, Callable[[Any], bool]] = {
@@ -72,6 +73,7 @@ HTTP_METHODS = (
     "on_message_complete",
     "handle_websocket_upgrade",
     "_should_upgrade",
+    "send_400_response",
 )
 HTTP_STATE = ("loop", "parser", "pipeline", "headers", "cycle", "client", "transport")
 # The request/response cycle state the body limits read and set when they refuse a request.
@@ -83,6 +85,15 @@ CYCLE_WRITES = (
 )
 
 
+# What app/socket/client_faults.py reads of websockets' server handshake.
+HANDSHAKE_STATE = (
+    "handshake_exc",
+    "available_extensions",
+    "max_message_size",
+    "max_fragment_size",
+)
+
+
 class ContractError(RuntimeError):
     """The installed uvicorn lacks something the gateway's protocols rely on."""
 
@@ -91,6 +102,7 @@ def check_uvicorn(
     websocket_base: type[Any] = WebSocketsSansIOProtocol,
     http_base: type[Any] = HttpToolsProtocol,
     cycle: type[Any] = RequestResponseCycle,
+    handshake: type[Any] = ServerProtocol,
 ) -> None:
     """Raise ContractError listing everything missing; return quietly when all is there."""
     problems = [
@@ -98,9 +110,14 @@ def check_uvicorn(
         *_missing_writes(websocket_base, WEBSOCKET_WRITES),
         *_missing_methods(http_base, HTTP_METHODS),
         *_missing_writes(cycle, CYCLE_WRITES),
+        *_missing_methods(handshake, ("reject", "accept", "data_to_send")),
     ]
     if not problems:
-        problems = [*_websocket_state(websocket_base), *_http_state(http_base)]
+        problems = [
+            *_websocket_state(websocket_base),
+            *_http_state(http_base),
+            *_handshake_state(handshake),
+        ]
     if problems:
         raise ContractError(
             f"uvicorn {uvicorn.__version__} is not one this service was built against "
@@ -125,6 +142,15 @@ def _missing_writes(base: type[Any], writes: Iterable[str]) -> list[str]:
         f"expected {base.__name__} to make the write `{write.strip()}`, got none"
         for write in writes
         if write not in source
+    ]
+
+
+def _handshake_state(handshake: type[Any]) -> list[str]:
+    protocol = handshake()
+    return [
+        f"expected {handshake.__name__} to have {name}, got none"
+        for name in HANDSHAKE_STATE
+        if not hasattr(protocol, name)
     ]
 
 

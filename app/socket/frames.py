@@ -18,7 +18,3 @@ def data_frame(data: bytes, binary: bool = False) -> bytes:
     else:
         head = bytes((first, 127)) + size.to_bytes(8, "big")
     return head + data
-
-
-def text_frame(data: bytes) -> bytes:
-    return data_frame(data, False)

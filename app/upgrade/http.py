@@ -136,10 +136,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        # The HTTP parser refused the request; in the shape of every other refusal.
-        self._refuse(
-            _response(400, "Bad Request", "invalid_request", "the request is not valid HTTP/1.1")
+        # The HTTP parser refused the request; in the shape of every other refusal, and, like
+        # them, written only when no other response is under way on the connection.
+        response = _response(
+            400, "Bad Request", "invalid_request", "the request is not valid HTTP/1.1"
         )
+        self._refuse(response if self._idle() else None)
 
     def _body_framing(self) -> tuple[int, bool]:
         """The declared Content-Length (0 if none) and whether the body is chunked."""

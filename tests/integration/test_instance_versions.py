@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.clients import member, receive_type, send
+from tests.support.clients import close_code, member, receive_type, send
 from tests.support.cluster import cluster
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess
@@ -89,3 +90,48 @@ async def test_a_newer_field_is_read_and_a_newer_version_skipped_on_both_instanc
         await send(b, "cursor_update", {"line": 3, "column": 4})
         cursor = await receive_type(a, "cursor_update")
         assert (cursor["payload"], cursor["user_id"]) == ({"line": 3, "column": 4}, "b")
+
+
+@pytest.fixture(scope="module")
+def rolling(redis: RedisServer) -> Iterator[list[ServerProcess]]:
+    """Mid-rollout from a release before version 1: the new instance still writes version 0."""
+    shared = {"REDIS_ADDR": redis.addr, "REDIS_CHANNEL_PREFIX": f"rolling-{uuid.uuid4().hex[:8]}:"}
+    servers = [
+        ServerProcess({**shared, "INSTANCE_ID": "writes-0", "WIRE_VERSION": "0"}),
+        ServerProcess({**shared, "INSTANCE_ID": "writes-1"}),
+    ]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+async def test_version_0_writers_and_version_1_writers_relay_and_revoke_both_ways(
+    rolling: list[ServerProcess],
+) -> None:
+    old, new = rolling
+    service = new.token("compile-service", extra={"roles": ["service"]})
+    async with (
+        member(old.ws_url("roll", old.token("a"))) as (a, _),
+        member(new.ws_url("roll", new.token("b"))) as (b, _),
+    ):
+        await receive_type(a, "user_joined")
+        await send(a, "cursor_update", {"line": 1, "column": 1})
+        assert (await receive_type(b, "cursor_update"))["user_id"] == "a"
+        await send(b, "cursor_update", {"line": 2, "column": 2})
+        assert (await receive_type(a, "cursor_update"))["user_id"] == "b"
+
+        async with httpx.AsyncClient(base_url=new.http_url) as http:
+            response = await http.post(
+                "/internal/projects/roll/disconnect",
+                json={"user_id": "a"},
+                headers={"Authorization": f"Bearer {service}"},
+            )
+        assert response.json() == {"closed_locally": 0}
+        assert (await receive_type(a, "error"))["payload"]["code"] == "access_revoked"
+        assert await close_code(a) == 4003
+    for server in rolling:
+        assert await skipped(server, "malformed") == 0

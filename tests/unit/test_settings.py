@@ -371,3 +371,10 @@ def test_root_path_and_room_grace_are_read_and_default_to_off() -> None:
 def test_a_root_path_must_be_a_path_without_a_trailing_slash(raw: str) -> None:
     with pytest.raises(SettingsError, match=r"^ROOT_PATH: expected a path such as /realtime"):
         Settings.from_env({"ROOT_PATH": raw})
+
+
+def test_wire_version_is_1_unless_a_rollout_from_older_releases_asks_for_0() -> None:
+    assert Settings.from_env({}).wire_version == 1
+    assert Settings.from_env({"WIRE_VERSION": "0"}).wire_version == 0
+    with pytest.raises(SettingsError, match=r"^WIRE_VERSION: expected one of 0, 1"):
+        Settings.from_env({"WIRE_VERSION": "2"})

@@ -67,3 +67,77 @@ def test_junk_and_the_old_unversioned_format_are_malformed(data: bytes) -> None:
         wire.Decoder().decode("p1", data)
 
     assert info.value.reason == "malformed"
+
+
+def test_every_version_1_event_starts_with_its_origins_prefix() -> None:
+    for event in (EVENT, Revoke("p1", "bob"), Resync("p1")):
+        assert wire.encode("instance-é", event).startswith(wire.origin_prefix("instance-é"))
+    assert not wire.encode("instance-a", EVENT).startswith(wire.origin_prefix("instance"))
+
+
+@pytest.mark.parametrize("ts", ["1e300", "NaN", "-1", "Infinity"])
+def test_a_timestamp_no_client_envelope_can_carry_is_malformed(ts: str) -> None:
+    head, payload = wire.encode("b", EVENT).split(b"\n", 1)
+    header = head.replace(json.dumps(EVENT.timestamp).encode(), ts.encode())
+
+    with pytest.raises(wire.Unreadable) as info:
+        wire.Decoder().decode("p1", header + b"\n" + payload)
+
+    assert info.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("payload", [b"", b"not json", b"[1]"])
+def test_a_payload_that_is_not_a_json_object_is_malformed(payload: bytes) -> None:
+    head = wire.encode("b", EVENT).split(b"\n", 1)[0]
+
+    with pytest.raises(wire.Unreadable) as info:
+        wire.Decoder().decode("p1", head + b"\n" + payload)
+
+    assert info.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("event", [EVENT, Revoke("p1", "bob"), Resync("p1")])
+def test_version_0_is_written_and_read_for_a_rolling_deploy_from_older_releases(
+    event: RoomEvent | Revoke | Resync,
+) -> None:
+    data = wire.encode("instance-a", event, wire.LEGACY)
+
+    origin, decoded = wire.Decoder().decode("p1", data)
+
+    assert origin == "instance-a"
+    if isinstance(event, RoomEvent):
+        assert isinstance(decoded, RoomEvent)
+        assert json.loads(decoded.payload) == json.loads(event.payload)
+        assert (decoded.type, decoded.author, decoded.exclude) == (
+            event.type,
+            event.author,
+            event.exclude,
+        )
+        # Version 0 carried milliseconds.
+        assert decoded.timestamp == pytest.approx(event.timestamp, abs=0.001)
+    else:
+        assert decoded == event
+
+
+def test_a_version_0_event_as_older_releases_wrote_it_is_read() -> None:
+    envelope = {
+        "type": "cursor_update",
+        "payload": {"line": 3, "column": 4},
+        "timestamp": "2026-11-29T10:00:00.250Z",
+        "user_id": "bob",
+        "username": "Bob",
+        "client_id": "b1",
+    }
+    data = b"\n".join((b"old", b"cursor_update", b"b1", b"b1", json.dumps(envelope).encode()))
+
+    origin, event = wire.Decoder().decode("p1", data)
+
+    assert origin == "old"
+    assert event == RoomEvent(
+        "p1",
+        "cursor_update",
+        b'{"line":3,"column":4}',
+        Author("bob", "Bob", "b1"),
+        1_795_946_400.25,  # 2026-11-29T10:00:00.250Z
+        exclude="b1",
+    )

@@ -4,7 +4,7 @@ event, a grace period before the flush, and a failed load that refuses without k
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -17,6 +17,19 @@ from app.rooms.room import Room
 from tests.unit.rooms.test_registry import Client
 
 pytestmark = pytest.mark.anyio
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the other tasks run until `condition` holds (a bounded number of loop turns)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)  # one turn of the event loop, not a wait for time
+    raise AssertionError("the condition never held")
+
+
+def room_of(registry: RoomRegistry, project_id: str = "p1") -> Room:
+    return registry._rooms[project_id]
 
 
 class RecordingHooks:
@@ -101,7 +114,7 @@ async def test_concurrent_first_joins_share_one_load(
     hooks.gate.clear()
     clients = [Client(metrics, f"c{n}", f"user{n}") for n in range(3)]
     joins = [asyncio.create_task(registry.join(c.connection)) for c in clients]
-    await asyncio.sleep(0)  # let every join reach the room before the load may finish
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 3)
     hooks.gate.set()
     await asyncio.gather(*joins)
 
@@ -127,11 +140,11 @@ async def test_a_failed_load_refuses_every_waiting_joiner_and_the_next_one_retri
     hooks.gate.clear()
     first, second = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
     joins = [asyncio.create_task(registry.join(c.connection)) for c in (first, second)]
-    await asyncio.sleep(0)
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 2)
     hooks.gate.set()
     results = await asyncio.gather(*joins, return_exceptions=True)
 
-    assert [type(result) for result in results] == [OSError, OSError]
+    assert [getattr(result, "code", result) for result in results] == ["room_unavailable"] * 2
     assert first.types == second.types == []
     assert registry.connection_count == 0
     # Never flushed: a room whose load failed holds nothing that could be stored.
@@ -227,10 +240,10 @@ async def test_a_new_room_loads_only_after_the_previous_one_finished_flushing(
     alice = Client(metrics, "a1", "alice")
     await registry.join(alice.connection)
     leaving = asyncio.create_task(registry.leave(alice.connection))
-    await asyncio.sleep(0)
+    await until(lambda: "p1" in registry._closing)
     bob = Client(metrics, "b1", "bob")
     joining = asyncio.create_task(registry.join(bob.connection))
-    await asyncio.sleep(0)
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
     assert hooks.calls.count("load p1") == 1
 
     release.set()
@@ -266,9 +279,9 @@ async def test_an_opener_that_gives_up_leaves_the_opening_to_the_next_entrant(
     hooks.gate.clear()
     first, second = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
     opener = asyncio.create_task(registry.join(first.connection))
-    await asyncio.sleep(0)
+    await until(lambda: "load p1" in hooks.calls)
     waiter = asyncio.create_task(registry.join(second.connection))
-    await asyncio.sleep(0)
+    await until(lambda: room_of(registry).joining == 2)
     opener.cancel()
     hooks.gate.set()
     await waiter
@@ -276,3 +289,121 @@ async def test_an_opener_that_gives_up_leaves_the_opening_to_the_next_entrant(
     assert opener.cancelled()
     assert second.types == ["presence_state"]
     assert hooks.calls.count("load p1") == 2
+    # Subscribing is idempotent; what matters is that the room ends unsubscribed.
+    await registry.leave(second.connection)
+    assert hooks.calls[-2:] == ["flush p1", "unsubscribe p1"]
+
+
+def slow_flushes(hooks: RecordingHooks) -> asyncio.Event:
+    """Make flushes wait for the returned event."""
+    release = asyncio.Event()
+    flush = hooks.flush
+
+    async def slow_flush(room: Room) -> None:
+        await release.wait()
+        await flush(room)
+
+    hooks.flush = slow_flush  # type: ignore[method-assign]
+    return release
+
+
+async def test_a_joiner_cancelled_while_the_last_room_closes_does_not_cancel_that_close(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    release = slow_flushes(hooks)
+    alice = Client(metrics, "a1", "alice")
+    await registry.join(alice.connection)
+    leaving = asyncio.create_task(registry.leave(alice.connection))
+    await until(lambda: "p1" in registry._closing)
+    bob = Client(metrics, "b1", "bob")
+    joining = asyncio.create_task(registry.join(bob.connection))
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+
+    joining.cancel()  # as uvicorn cancels sessions at shutdown
+    await asyncio.gather(joining, return_exceptions=True)
+    release.set()
+    await leaving  # alice's own leave ends normally, not with bob's cancellation
+
+    assert hooks.calls[:4] == ["subscribe p1", "load p1", "flush p1", "unsubscribe p1"]
+    assert hooks.calls.count("unsubscribe p1") == hooks.calls.count("subscribe p1")
+
+
+async def test_every_earlier_close_ends_before_the_next_room_opens(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    release = slow_flushes(hooks)
+    alice = Client(metrics, "a1", "alice")
+    await registry.join(alice.connection)
+    leaving = asyncio.create_task(registry.leave(alice.connection))
+    await until(lambda: "p1" in registry._closing)
+    # A second room waits for the first close, and is abandoned while it waits.
+    bob = Client(metrics, "b1", "bob")
+    joining = asyncio.create_task(registry.join(bob.connection))
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    joining.cancel()
+    await asyncio.gather(joining, return_exceptions=True)
+    # A third room must still wait for the first close, not only for the second.
+    carol = Client(metrics, "c1", "carol")
+    carol_joins = asyncio.create_task(registry.join(carol.connection))
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    assert hooks.calls.count("load p1") == 1
+
+    release.set()
+    await leaving
+    await carol_joins
+
+    assert hooks.calls == [
+        "subscribe p1",
+        "load p1",
+        "flush p1",
+        "unsubscribe p1",
+        "subscribe p1",
+        "load p1",
+    ]
+    assert carol.types == ["presence_state"]
+
+
+async def test_presence_announcements_bypass_the_hooks(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice, bob = Client(metrics, "a1", "alice"), Client(metrics, "b1", "bob")
+    await registry.join(alice.connection)
+    hooks.refuse = "user_joined"
+    await registry.join(bob.connection)
+    hooks.refuse = "user_left"
+    await registry.leave(bob.connection)
+
+    assert [frame["type"] for frame in alice.take()] == [
+        "presence_state",
+        "user_joined",
+        "user_left",
+    ]
+    assert hooks.applied == []
+
+
+async def test_stopping_flushes_rooms_that_still_have_members(
+    lingering: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    alice = Client(metrics, "a1", "alice")
+    await lingering.join(alice.connection)
+
+    # The session never leaves in time (its transport is a fake that nobody reads).
+    await lingering.stop(grace=0)
+
+    assert hooks.calls[-2:] == ["flush p1", "unsubscribe p1"]
+
+
+async def test_events_that_come_while_the_room_opens_are_applied_once_it_is_loaded(
+    registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+) -> None:
+    hooks.gate.clear()
+    alice = Client(metrics, "a1", "alice")
+    joining = asyncio.create_task(registry.join(alice.connection))
+    await until(lambda: "load p1" in hooks.calls)
+    registry.publish_event("p1", "compilation_started", {}, user_id="svc", username="Service")
+    assert hooks.applied == []
+
+    hooks.gate.set()
+    await joining
+
+    assert [event.type for event in hooks.applied] == ["compilation_started"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -149,11 +148,9 @@ async def test_delete_forgets_the_document_and_its_numbering(store: DocumentStor
 async def test_documents_lists_a_projects_documents_with_their_sizes(
     store: DocumentStore,
 ) -> None:
-    before = time.time()
     await appended(store, DocumentKey("p1", "b.tex"), b"12345", b"123")
     await store.create(DocumentKey("p1", "a.tex"), b"1234567")
     await appended(store, DocumentKey("p2", "c.tex"), b"1")
-    after = time.time()
 
     listed = await store.documents("p1")
 
@@ -161,7 +158,9 @@ async def test_documents_lists_a_projects_documents_with_their_sizes(
         ("a.tex", 1, 7),
         ("b.tex", 2, 8),
     ]
-    assert all(before <= info.updated_at <= after for info in listed)
+    # When it was written, as the store's clock says: not compared with this one's, which
+    # may step.
+    assert all(info.updated_at > 0 for info in listed)
     assert await store.documents("p3") == []
 
     # Compaction drops the updates it covers, snapshot included in the size.
