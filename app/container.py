@@ -17,6 +17,7 @@ from app.broadcaster.memory import MemoryBroadcaster
 from app.broadcaster.redis import RedisBroadcaster
 from app.fanout.connection import BacklogLimits
 from app.metrics import Metrics
+from app.reclaimer import Reclaimer
 from app.rooms.registry import RoomRegistry
 from app.session.handler import SessionHandler, SessionLimits
 from app.settings import Settings
@@ -73,6 +74,9 @@ class Container(containers.DeclarativeContainer):
     )
     broadcaster = providers.Singleton(broadcaster_for, settings=settings, metrics=metrics)
     registry = providers.Singleton(RoomRegistry, broadcaster=broadcaster, metrics=metrics)
+    reclaimer = providers.Singleton(
+        Reclaimer, census=registry, min_interval=settings.provided.memory_reclaim_interval
+    )
     gatekeeper = providers.Singleton(
         Gatekeeper,
         auth=auth,

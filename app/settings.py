@@ -150,6 +150,8 @@ class Settings:
     log_level: LogLevel = "info"
     # Serves /demo in production too; its token endpoint stays development-only regardless.
     demo_enabled: bool = False
+    # The least time between two memory reclaims after a drop in connections; 0 turns them off.
+    memory_reclaim_interval: float = 60.0
 
     @property
     def is_production(self) -> bool:
@@ -223,6 +225,9 @@ class Settings:
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             demo_enabled=_boolean(env, "DEMO_ENABLED", False),
+            memory_reclaim_interval=parse_duration(
+                "MEMORY_RECLAIM_INTERVAL", env.get("MEMORY_RECLAIM_INTERVAL") or "60s"
+            ),
         )
         settings.check()
         return settings

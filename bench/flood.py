@@ -2,7 +2,7 @@
 
     python -m bench.flood                        # 2,000 connections, two floods, one server
     python -m bench.flood --repeat 3             # three fresh servers, to see the noise
-    python -m bench.flood --env PYTHONMALLOC=malloc             # the server's environment
+    python -m bench.flood --env MEMORY_RECLAIM_INTERVAL=0        # without the reclaimer
     python -m bench.flood --inspect              # and look inside: gc, pymalloc, glibc malloc
     python -m bench.flood --inspect --after-flood collect,typecache,trim,arenas
 
@@ -13,7 +13,7 @@ its `presence_state`), each sends a cursor update and a ping, every announcement
 pong is drained, and all leave at once (`--close`: half with a close frame, half by dropping
 the TCP connection). VmRSS is read with all of them open (the peak), as soon as `/stats`
 counts no connection, and once it has settled: unchanged within 64 KiB for `--settle`
-seconds (6 s by default). More floods follow on the same
+seconds (6 s by default, three of the reclaimer's checks). More floods follow on the same
 server: memory that is held comes back to the same level, memory that leaks grows.
 
 With --inspect the server runs under bench.probe, which reports at each point what gc,
@@ -48,6 +48,9 @@ SETTLED_WITHIN_KIB = 64
 STATS_TOKEN = issue_token(SECRET, user_id="flood-observer", username="observer", ttl=3600)
 CURSOR = b'{"type":"cursor_update","payload":{"line":1,"column":2}}'
 PING = b'{"type":"ping","payload":{"sent_at":1}}'
+# The service reclaims at most every 60 s by default: a flood that follows within a minute
+# would be measured before its reclaim. MEMORY_RECLAIM_INTERVAL=0 measures without reclaims.
+DEFAULT_ENV = {"MEMORY_RECLAIM_INTERVAL": "5s"}
 
 
 def log(message: str) -> None:
@@ -176,7 +179,7 @@ async def one_flood(
 
 
 async def run_once(args: argparse.Namespace, pinning: Pinning, run: int) -> dict[str, Any]:
-    env = dict(item.split("=", 1) for item in args.env)
+    env = {**DEFAULT_ENV, **dict(item.split("=", 1) for item in args.env)}
     probe_dir = tempfile.TemporaryDirectory(prefix="bench-probe-")
     server = Service(pinning, env)
     if args.inspect:
@@ -294,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "--settle",
         type=float,
         default=6.0,
-        help="seconds VmRSS must stay unchanged to count as settled",
+        help="seconds VmRSS must stay unchanged to count as settled (the server checks for a "
+        "drop every 2 s)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="fresh servers, one after another")
     parser.add_argument("--inspect", action="store_true", help="run the server under bench.probe")

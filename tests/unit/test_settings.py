@@ -52,6 +52,7 @@ def test_defaults_match_the_go_service() -> None:
     assert settings.jwt_secret is None
     assert settings.jwt_public_key is None
     assert settings.log_level == "info"
+    assert settings.memory_reclaim_interval == 60.0
 
 
 @pytest.mark.parametrize(
@@ -84,6 +85,7 @@ def test_values_are_read_from_the_environment() -> None:
             "SHUTDOWN_DRAIN": "1m",
             "INSTANCE_ID": " ws-1 ",
             "LOG_LEVEL": "DEBUG",
+            "MEMORY_RECLAIM_INTERVAL": "5m",
         }
     )
 
@@ -101,6 +103,11 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.shutdown_drain == 60.0
     assert settings.instance_id == "ws-1"
     assert settings.log_level == "debug"
+    assert settings.memory_reclaim_interval == 300.0
+
+
+def test_a_zero_reclaim_interval_turns_reclaims_off() -> None:
+    assert Settings.from_env({"MEMORY_RECLAIM_INTERVAL": "0"}).memory_reclaim_interval == 0.0
 
 
 # Durations
