@@ -75,7 +75,10 @@ class Container(containers.DeclarativeContainer):
     broadcaster = providers.Singleton(broadcaster_for, settings=settings, metrics=metrics)
     registry = providers.Singleton(RoomRegistry, broadcaster=broadcaster, metrics=metrics)
     reclaimer = providers.Singleton(
-        Reclaimer, census=registry, min_interval=settings.provided.memory_reclaim_interval
+        Reclaimer,
+        census=ip_limiter,
+        gate=registry,
+        min_interval=settings.provided.memory_reclaim_interval,
     )
     gatekeeper = providers.Singleton(
         Gatekeeper,

@@ -25,7 +25,9 @@ rather than whole arenas, it stayed at +5% over the same six floods.
 The collection stops the event loop for its duration: 0.1 s with no connection open, 0.35 s
 with 5,000 (on the benchmark's machine). So a reclaim runs only after the number of
 connections has fallen by MIN_DROP from its highest since the last one and has stopped
-falling, and never twice within `min_interval`.
+falling, never twice within `min_interval`, and not while the instance drains for a
+shutdown. The highest count is the admission's own (ConnectionLimiter), not a sample: a
+flood that comes and goes between two checks still counts.
 """
 
 from __future__ import annotations
@@ -52,13 +54,22 @@ MIN_DROP = 500
 
 
 class Census(Protocol):
-    """Whatever counts the open connections (the room registry); while it is not accepting
-    (draining before a shutdown) the drop is the end, not a reason to reclaim."""
-
-    accepting: bool
+    """What counts the open connections (the per-address ConnectionLimiter)."""
 
     @property
-    def connection_count(self) -> int: ...
+    def total(self) -> int:
+        """Connections open now."""
+
+    def take_peak(self) -> int:
+        """The most open at once since the last call."""
+
+
+class Gate(Protocol):
+    """What admits connections (the room registry): while it does not (draining before a
+    shutdown), the drop is the end, not a reason to reclaim."""
+
+    @property
+    def accepting(self) -> bool: ...
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -93,12 +104,14 @@ class Reclaimer:
     def __init__(
         self,
         census: Census,
+        gate: Gate,
         min_interval: float,
         *,
         check_every: float = CHECK_EVERY,
         min_drop: int = MIN_DROP,
     ) -> None:
         self._census = census
+        self._gate = gate
         self._min_interval = min_interval
         self._check_every = check_every
         self._min_drop = min_drop
@@ -126,12 +139,12 @@ class Reclaimer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def due(self, count: int, now: float) -> bool:
-        """Whether a reclaim is due, given the count now: it fell by at least `min_drop` from
-        its peak since the last reclaim, it has stopped falling, and the last one is at least
-        `min_interval` ago."""
+    def due(self, count: int, peak: int, now: float) -> bool:
+        """Whether a reclaim is due, given the count now and the most open at once since the
+        last check: the count fell by at least `min_drop` from its highest since the last
+        reclaim, it has stopped falling, and the last reclaim is at least `min_interval` ago."""
         previous, self._previous = self._previous, count
-        self._peak = max(self._peak, count)
+        self._peak = max(self._peak, peak, count)
         return (
             previous - count < self._still_falling
             and self._peak - count >= self._min_drop
@@ -169,9 +182,10 @@ class Reclaimer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._check_every)
-            count = self._census.connection_count
+            census = self._census
+            count, peak = census.total, census.take_peak()
             now = loop.time()
-            if self.due(count, now) and self._census.accepting:
+            if self.due(count, peak, now) and self._gate.accepting:
                 try:
                     self.reclaim(count, now)
                 except Exception:

@@ -6,25 +6,36 @@ import logging
 
 import pytest
 
+from app.admission.limits import ConnectionLimiter
 from app.reclaimer import Reclaimer
 from tests.support.waiting import eventually
 
 
-class Census:
-    """A connection count the test sets, which counts how often the reclaimer read it."""
+class Gate:
+    accepting = True
+
+
+class Census(ConnectionLimiter):
+    """The admission's limiter, which counts how often the reclaimer read it."""
 
     def __init__(self) -> None:
-        self.accepting = True
-        self.count = 0
+        super().__init__(limit=10_000)
         self.reads = 0
 
-    @property
-    def connection_count(self) -> int:
+    def take_peak(self) -> int:
         self.reads += 1
-        return self.count
+        return super().take_peak()
+
+    def open(self, count: int) -> None:
+        for index in range(count):
+            self.acquire(f"10.0.0.{index % 250}")
+
+    def close(self, count: int) -> None:
+        for index in range(count):
+            self.release(f"10.0.0.{index % 250}")
 
     async def read_again(self, times: int = 2) -> None:
-        """Wait until the reclaimer has read the count `times` more times."""
+        """Wait until the reclaimer has read the counts `times` more times."""
         target = self.reads + times
 
         async def read() -> bool:
@@ -34,57 +45,61 @@ class Census:
 
 
 def reclaimer(min_interval: float = 60.0, min_drop: int = 100) -> Reclaimer:
-    return Reclaimer(Census(), min_interval, min_drop=min_drop)
+    return Reclaimer(Census(), Gate(), min_interval, min_drop=min_drop)
 
 
 def test_a_drop_is_reclaimed_once_the_count_stops_falling() -> None:
     watcher = reclaimer()
-    assert watcher.due(500, 0.0) is False  # rising
-    assert watcher.due(200, 2.0) is False  # falling by 300
-    assert watcher.due(195, 4.0) is True  # down 305 from the peak, and no longer falling
+    assert watcher.due(500, 500, 0.0) is False  # rising
+    assert watcher.due(200, 500, 2.0) is False  # falling by 300
+    assert watcher.due(195, 200, 4.0) is True  # down 305 from the peak, and no longer falling
+
+
+def test_a_peak_between_two_checks_counts() -> None:
+    watcher = reclaimer()
+    assert watcher.due(0, 0, 0.0) is False
+    assert watcher.due(0, 400, 2.0) is True  # 400 came and went within one check
 
 
 def test_a_small_drop_is_not_worth_a_reclaim() -> None:
     watcher = reclaimer()
-    watcher.due(500, 0.0)
-    assert watcher.due(401, 2.0) is False
-    assert watcher.due(401, 4.0) is False
+    watcher.due(500, 500, 0.0)
+    assert watcher.due(401, 500, 2.0) is False
+    assert watcher.due(401, 401, 4.0) is False
 
 
 def test_a_slow_decline_counts_as_quiet() -> None:
     # Less than a tenth of min_drop per check is not "still falling": a room emptying one
     # person at a time still gets its reclaim.
     watcher = reclaimer()
-    watcher.due(500, 0.0)
+    watcher.due(500, 500, 0.0)
     count, now, due = 500, 0.0, False
     while not due:
         count -= 9
         now += 2.0
-        due = watcher.due(count, now)
+        due = watcher.due(count, count + 9, now)
     assert count == 500 - 9 * 12  # the first check at least min_drop below the peak
 
 
 def test_reclaims_are_at_least_min_interval_apart() -> None:
     watcher = reclaimer(min_interval=60.0)
-    watcher.due(500, 0.0)
-    watcher.due(0, 2.0)
-    assert watcher.due(0, 4.0) is True
+    watcher.due(500, 500, 0.0)
+    watcher.due(0, 500, 2.0)
+    assert watcher.due(0, 0, 4.0) is True
     watcher.reclaim(0, 4.0)
-    watcher.due(500, 6.0)
-    watcher.due(0, 8.0)
-    assert watcher.due(0, 10.0) is False
-    assert watcher.due(0, 64.0) is True
+    watcher.due(0, 500, 6.0)
+    assert watcher.due(0, 0, 10.0) is False
+    assert watcher.due(0, 0, 64.0) is True
 
 
 def test_the_peak_starts_again_after_a_reclaim() -> None:
     watcher = reclaimer(min_interval=1.0)
-    watcher.due(500, 0.0)
-    watcher.due(300, 2.0)
+    watcher.due(500, 500, 0.0)
+    watcher.due(300, 500, 2.0)
     watcher.reclaim(300, 4.0)
-    assert watcher.due(300, 6.0) is False  # the same 200 below the old peak is not counted twice
-    watcher.due(350, 8.0)
-    watcher.due(250, 10.0)
-    assert watcher.due(249, 12.0) is True  # 101 below the new peak of 350
+    assert watcher.due(300, 300, 6.0) is False  # the same 200 below the old peak counts once
+    watcher.due(250, 350, 8.0)
+    assert watcher.due(249, 250, 10.0) is True  # 101 below the new peak of 350
 
 
 def test_a_reclaim_logs_what_it_did(caplog: pytest.LogCaptureFixture) -> None:
@@ -99,14 +114,14 @@ def test_a_reclaim_logs_what_it_did(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_task_reclaims_after_a_drop_and_stops_when_told() -> None:
+async def test_the_task_reclaims_after_a_flood_and_stops_when_told() -> None:
     census = Census()
-    watcher = Reclaimer(census, min_interval=0.01, check_every=0.01, min_drop=100)
+    watcher = Reclaimer(census, Gate(), min_interval=0.01, check_every=0.01, min_drop=100)
     await watcher.start()
     try:
-        census.count = 300
         await census.read_again()
-        census.count = 0
+        census.open(300)
+        census.close(300)  # before the reclaimer looked
 
         async def reclaimed() -> bool:
             return watcher.reclaims == 1
@@ -118,14 +133,14 @@ async def test_the_task_reclaims_after_a_drop_and_stops_when_told() -> None:
 
 @pytest.mark.anyio
 async def test_no_reclaim_while_draining() -> None:
-    census = Census()
-    census.accepting = False
-    watcher = Reclaimer(census, min_interval=0.01, check_every=0.01, min_drop=100)
+    census, gate = Census(), Gate()
+    gate.accepting = False
+    watcher = Reclaimer(census, gate, min_interval=0.01, check_every=0.01, min_drop=100)
     await watcher.start()
     try:
-        census.count = 300
+        census.open(300)
         await census.read_again()
-        census.count = 0
+        census.close(300)
         await census.read_again(3)  # falling, then quiet twice
     finally:
         await watcher.stop()
@@ -134,9 +149,8 @@ async def test_no_reclaim_while_draining() -> None:
 
 @pytest.mark.anyio
 async def test_a_zero_interval_turns_it_off() -> None:
-    watcher = reclaimer(min_interval=0.0)
     census = Census()
-    watcher = Reclaimer(census, min_interval=0.0, check_every=0.01)
+    watcher = Reclaimer(census, Gate(), min_interval=0.0, check_every=0.01)
     await watcher.start()
     await watcher.stop()
     assert watcher.enabled is False
