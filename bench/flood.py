@@ -142,6 +142,7 @@ async def one_flood(
     meter, health = Meter(), Health()
     sink = Sink(meter)
     names = [f"{prefix}-{index % rooms}" for index in range(connections)]
+    cpu = server.cpu_seconds()
     started = time.monotonic()
     clients: list[Client] = await connect(
         target, names, [sink] * connections, health, first_index=first_index
@@ -164,6 +165,7 @@ async def one_flood(
         raise
     leave(clients, how)
     waited = await until_empty(server)
+    cpu = server.cpu_seconds() - cpu
     close_all(clients)  # those the server closed are closed already
     at_zero = server.rss_kib()
     settled = await settled_rss(server, settle)
@@ -175,6 +177,9 @@ async def one_flood(
         "rss_at_zero_kib": at_zero,
         "rss_settled_kib": settled,
         "close_seconds": round(waited, 2),
+        # The server's CPU from the first connect until /stats counted none: the handshakes,
+        # joins, relays and closes of the flood, before any reclaim.
+        "cpu_seconds": round(cpu, 3),
     }
 
 
@@ -215,7 +220,8 @@ async def run_once(args: argparse.Namespace, pinning: Pinning, run: int) -> dict
                 f"peak {outcome['rss_peak_kib'] / 1024:.1f}, "
                 f"at 0 connections {outcome['rss_at_zero_kib'] / 1024:.1f}, "
                 f"settled {outcome['rss_settled_kib'] / 1024:.1f} MiB "
-                f"({(outcome['rss_settled_kib'] / base - 1) * 100:+.1f}% of baseline)"
+                f"({(outcome['rss_settled_kib'] / base - 1) * 100:+.1f}% of baseline); "
+                f"server CPU {outcome['cpu_seconds']:.2f} s"
             )
             if probe:
                 commands = ["report", "traced"] if args.tracemalloc else ["report"]
