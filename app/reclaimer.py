@@ -6,28 +6,27 @@ it and reuses it. Measured with `python -m bench.flood` (docs/performance.md, "M
 connection flood"): 2,000 connections opened and closed left VmRSS 45% above its baseline
 (78 -> 113 MiB), of which
 
-- 29 MiB were pymalloc arenas (1 MiB each) that had emptied but for a few blocks each:
-  1,900 blocks held 29 arenas. More than half of those blocks were name strings kept by
-  CPython's attribute lookup cache (copies made per call by C code: `_json` building a
-  scanner for every token jose verifies, `datetime` asking a tzinfo for `utcoffset`), most of
-  the rest objects waiting in free lists (tuples, floats, uvloop's handles);
-- 6 MiB were free chunks in glibc's heap, below its top, which free() never returns.
+- 29 MiB were pymalloc arenas (1 MiB each) emptied but for 1,996 blocks: 1,107 name strings
+  kept by CPython's attribute lookup cache (copies made per call by C code, such as the
+  `_json` scanner jose builds for every token it verifies), objects in CPython's free lists,
+  and uvloop's and asyncio's free lists;
+- 6 MiB were free chunks below the top of glibc's heap, which free() never returns.
 
 A reclaim runs a full collection (which also empties CPython's free lists), clears the
-attribute cache and calls glibc's `malloc_trim(0)`: 113 -> 95-98 MiB after that flood (+22-26%
-of the baseline instead of +45%, three runs). Each step alone gave back at most the trim's
-6 MiB. What stays is arenas held by blocks no call can release: uvloop's handle free lists
-(Cython, 250 each) and asyncio's future iterators (255). Each flood leaves those in new
-arenas, so over six floods the level after the reclaim rose to +38%. With
-PYTHONMALLOC=malloc, where small objects come from glibc too and `malloc_trim` returns pages
-rather than whole arenas, it stayed at +5% over the same six floods.
+attribute cache and calls glibc's `malloc_trim(0)`: 113 -> 98 MiB after that flood (+26% of
+the baseline instead of +45%). Neither of the first two gives anything back alone; together
+they free 11 arenas, the trim 6 MiB more. What stays is arenas held by blocks no call can
+release: uvloop's handle free lists (Cython, 250 each) and asyncio's future iterators (255).
+Each flood leaves those in arenas of its own: over six floods the level after the reclaim
+rose to +38%. With PYTHONMALLOC=malloc, where small objects come from glibc too and the trim
+returns pages rather than whole arenas, it stays at +5%.
 
-The collection stops the event loop for its duration: 0.1 s with no connection open, 0.35 s
-with 5,000 (on the benchmark's machine). So a reclaim runs only after the number of
-connections has fallen by MIN_DROP from its highest since the last one and has stopped
-falling, never twice within `min_interval`, and not while the instance drains for a
-shutdown. The highest count is the admission's own (ConnectionLimiter), not a sample: a
-flood that comes and goes between two checks still counts.
+The collection stops the event loop: 50-85 ms with no connection open, 0.35 s with 5,000
+(on the benchmark's machine). So a reclaim runs only after the number of connections has
+fallen by MIN_DROP from its highest since the last one and has stopped falling, never twice
+within `min_interval`, and not while the instance drains for a shutdown. The highest count
+is the admission's own (ConnectionLimiter), not a sample: a flood that comes and goes
+between two checks still counts.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from typing import Protocol
 
 logger = logging.getLogger("texflow.reclaimer")
 
-# The registry's count is a sum over rooms: cheap enough to read every two seconds.
+# A check reads two integers; every 2 s, a reclaim follows a drop within 2-4 s.
 CHECK_EVERY = 2.0
 # About 8.5 MiB of connection memory at the 17 KiB each connection takes (scenario A): fewer
 # closed connections than this are not worth a full collection's pause.
