@@ -39,7 +39,7 @@ import uvloop
 
 from app.admission.auth import issue_token
 from bench.loadgen import Client, Health, Meter, Sink, close_all, connect, quiet
-from bench.measure import revision
+from bench.measure import machine, revision
 from bench.scenarios import SERVICE, require, target_of
 from bench.servers import SECRET, Pinning, Service, raise_fd_limit
 
@@ -325,10 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     pinning = Pinning()
     pinning.pin_load()
     raise_fd_limit(args.connections * 2 + 1000)
+    described = machine()
     runs = uvloop.run(main_async(args, pinning))
     print(summary(runs))
     if args.out:
-        document = {"revision": revision(), "settings": vars(args) | {"out": str(args.out)}}
+        settings = vars(args) | {"out": args.out.name}
+        document = {"revision": revision(), "machine": described, "settings": settings}
         args.out.write_text(json.dumps(document | {"runs": runs}, indent=1) + "\n")
     return 0
 
