@@ -18,6 +18,7 @@ from app.broadcaster.redis import RedisBroadcaster
 from app.fanout.connection import BacklogLimits
 from app.metrics import Metrics
 from app.protocols.json.codec import JsonCodec
+from app.reclaimer import Reclaimer
 from app.rooms.registry import RoomRegistry
 from app.routers.ws import SocketEndpoint
 from app.session.handler import SessionHandler, SessionLimits
@@ -80,6 +81,12 @@ class Container(containers.DeclarativeContainer):
         broadcaster=broadcaster,
         metrics=metrics,
         grace=settings.provided.room_grace,
+    )
+    reclaimer = providers.Singleton(
+        Reclaimer,
+        census=ip_limiter,
+        gate=registry,
+        min_interval=settings.provided.memory_reclaim_interval,
     )
     gatekeeper = providers.Singleton(
         Gatekeeper,

@@ -34,10 +34,13 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = container.registry()
+        reclaimer = container.reclaimer()
         await registry.start()
+        await reclaimer.start()
         try:
             yield
         finally:
+            await reclaimer.stop()
             await registry.stop()
 
     app = FastAPI(

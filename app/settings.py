@@ -163,6 +163,8 @@ class Settings:
     # The format this instance writes for the others: 1, or 0 while releases from before the
     # versioned format still run beside it (every instance reads both).
     wire_version: int = 1
+    # The least time between two memory reclaims after a drop in connections; 0 turns them off.
+    memory_reclaim_interval: float = 60.0
 
     @property
     def is_production(self) -> bool:
@@ -241,6 +243,9 @@ class Settings:
             root_path=(env.get("ROOT_PATH") or "").strip(),
             room_grace=parse_duration("ROOM_GRACE", env.get("ROOM_GRACE") or "0s"),
             wire_version=int(_choice(env, "WIRE_VERSION", "1", ("0", "1"))),
+            memory_reclaim_interval=parse_duration(
+                "MEMORY_RECLAIM_INTERVAL", env.get("MEMORY_RECLAIM_INTERVAL") or "60s"
+            ),
         )
         settings.check()
         return settings

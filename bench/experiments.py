@@ -5,6 +5,10 @@ runs `app.__main__.main()` as `python -m app` would. A default `make bench` appl
 
 - gc-freeze: `gc.freeze()` once the app is built, so collections stop re-scanning the
   objects of start-up, and a larger first-generation threshold.
+- system-malloc: the interpreter started again with `PYTHONMALLOC=malloc`, so that small
+  objects come from glibc's malloc instead of pymalloc's 1 MiB arenas (what this costs in
+  CPU, against what it gives back after a flood: docs/performance.md, "Memory after a
+  connection flood").
 
 The prepared-frames and direct-ws prototypes measured in bench/results/experiment-*.json
 were adopted in app/ (edb0310, f1920b9) and then removed from here, since they could only
@@ -14,10 +18,11 @@ refuse to apply to a service that has them; their code is in this file's history
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Any
 
-PATCHES = ("gc-freeze",)
+PATCHES = ("gc-freeze", "system-malloc")
 
 
 def gc_freeze() -> None:
@@ -40,6 +45,11 @@ def main() -> int:
     if unknown:
         print(f"unknown patches {sorted(unknown)}; choose from {PATCHES}", file=sys.stderr)
         return 2
+    if "system-malloc" in chosen and os.environ.get("PYTHONMALLOC") != "malloc":
+        # The allocator is chosen when the interpreter starts: start it again.
+        environment = {**os.environ, "PYTHONMALLOC": "malloc"}
+        argv = [sys.executable, "-m", "bench.experiments", *sys.argv[1:]]
+        os.execve(sys.executable, argv, environment)  # noqa: S606
     if "gc-freeze" in chosen:
         gc_freeze()
     sys.argv = [sys.argv[0]]

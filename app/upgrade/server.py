@@ -15,7 +15,7 @@ from app.logs import log_config
 from app.routers.ws import SocketEndpoint
 from app.settings import Settings
 from app.socket.contract import check_uvicorn
-from app.socket.transport import protocol_class
+from app.socket.transport import EXTENSION, protocol_class
 from app.upgrade.http import http_protocol_class
 
 
@@ -41,6 +41,12 @@ class Gateway:
     and dependency solving keep a chain of coroutine frames alive for all of it: measured at
     about 13 KB of 39 KB per idle connection (docs/performance.md). None of that middleware acts
     on WebSockets (CORS, metrics and HTTP errors are HTTP-only), so upgrades skip it.
+
+    When the call ends, the transport extension leaves the scope: the protocol holds the scope
+    and the extension holds the protocol, and that cycle kept every closed connection (17 KiB
+    of objects, its socket and buffers) until a full garbage collection, which after a flood
+    of 2,000 connections had not run at all (docs/performance.md, "Memory after a connection
+    flood").
     """
 
     def __init__(self, app: FastAPI, sockets: Mapping[str, SocketEndpoint]) -> None:
@@ -52,7 +58,13 @@ class Gateway:
             path = get_route_path(scope)
             for prefix, endpoint in self._sockets:
                 if path.startswith(prefix):
-                    await endpoint(WebSocket(scope, receive, send), path[len(prefix) :])
+                    try:
+                        await endpoint(WebSocket(scope, receive, send), path[len(prefix) :])
+                    finally:
+                        # The transport entry points back at the protocol that owns this
+                        # scope: left in place, every closed connection waited for a full
+                        # collection to be freed (docs/performance.md, memory after a flood).
+                        scope.get("extensions", {}).pop(EXTENSION, None)
                     return
         await self.app(scope, receive, send)
 

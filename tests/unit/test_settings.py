@@ -52,6 +52,7 @@ def test_defaults_match_the_go_service() -> None:
     assert settings.jwt_secret is None
     assert settings.jwt_public_key is None
     assert settings.log_level == "info"
+    assert settings.memory_reclaim_interval == 60.0
 
 
 def test_request_bodies_are_limited_by_default() -> None:
@@ -93,6 +94,7 @@ def test_values_are_read_from_the_environment() -> None:
             "LOG_LEVEL": "DEBUG",
             "MAX_BODY_BYTES": "65536",
             "BODY_TIMEOUT": "30s",
+            "MEMORY_RECLAIM_INTERVAL": "5m",
         }
     )
 
@@ -112,6 +114,11 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.log_level == "debug"
     assert settings.max_body_bytes == 65536
     assert settings.body_timeout == 30.0
+    assert settings.memory_reclaim_interval == 300.0
+
+
+def test_a_zero_reclaim_interval_turns_reclaims_off() -> None:
+    assert Settings.from_env({"MEMORY_RECLAIM_INTERVAL": "0"}).memory_reclaim_interval == 0.0
 
 
 # Durations
