@@ -129,7 +129,7 @@ class Metrics:
         self.instance_events_skipped = Counter(
             "websocket_instance_events_skipped_total",
             "Events from other instances skipped, by reason: unknown_version, unknown_kind or "
-            "unknown_type (sent by a newer release), malformed.",
+            "unknown_type (sent by a newer release), malformed, failed (fanning it out raised).",
             ["reason"],
             registry=self.registry,
         )
