@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -95,18 +94,8 @@ async def test_a_newer_field_is_read_and_a_newer_version_skipped_on_both_instanc
 @pytest.fixture(scope="module")
 def rolling(redis: RedisServer) -> Iterator[list[ServerProcess]]:
     """Mid-rollout from a release before version 1: the new instance still writes version 0."""
-    shared = {"REDIS_ADDR": redis.addr, "REDIS_CHANNEL_PREFIX": f"rolling-{uuid.uuid4().hex[:8]}:"}
-    servers = [
-        ServerProcess({**shared, "INSTANCE_ID": "writes-0", "WIRE_VERSION": "0"}),
-        ServerProcess({**shared, "INSTANCE_ID": "writes-1"}),
-    ]
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.close()
+    with cluster(redis, 2, [{"WIRE_VERSION": "0"}]) as running:
+        yield running
 
 
 async def test_version_0_writers_and_version_1_writers_relay_and_revoke_both_ways(

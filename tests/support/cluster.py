@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import httpx
 
@@ -14,14 +14,24 @@ from tests.support.waiting import eventually
 
 
 @contextlib.contextmanager
-def cluster(redis: RedisServer, size: int = 2, **env: str) -> Iterator[list[ServerProcess]]:
-    """`size` instances on `redis`, under a key prefix of their own, named instance-0, 1, ..."""
+def cluster(
+    redis: RedisServer,
+    size: int = 2,
+    each: Sequence[Mapping[str, str]] = (),
+    /,
+    **env: str,
+) -> Iterator[list[ServerProcess]]:
+    """`size` instances on `redis`, under a key prefix of their own, named instance-0, 1, ...;
+    `each` adds settings of its own to the instance at the same index."""
     shared = {
         "REDIS_ADDR": redis.addr,
         "REDIS_CHANNEL_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
         **env,
     }
-    servers = [ServerProcess({**shared, "INSTANCE_ID": f"instance-{i}"}) for i in range(size)]
+    own = [*each, *([{}] * (size - len(each)))]
+    servers = [
+        ServerProcess({**shared, "INSTANCE_ID": f"instance-{i}", **own[i]}) for i in range(size)
+    ]
     try:
         for server in servers:
             server.start()

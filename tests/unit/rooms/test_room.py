@@ -32,6 +32,26 @@ def room_of(registry: RoomRegistry, project_id: str = "p1") -> Room:
     return registry._rooms[project_id]
 
 
+# A room closed, then the project's next one opened.
+REOPENED = ["subscribe p1", "load p1", "flush p1", "unsubscribe p1", "subscribe p1", "load p1"]
+
+
+async def last_leaves(registry: RoomRegistry, metrics: Metrics) -> asyncio.Task[None]:
+    """Alice joins and leaves: the room's close is under way when this returns."""
+    alice = Client(metrics, "a1", "alice")
+    await registry.join(alice.connection)
+    leaving = asyncio.create_task(registry.leave(alice.connection))
+    await until(lambda: "p1" in registry._closing)
+    return leaving
+
+
+async def waiting_to_join(registry: RoomRegistry, client: Client) -> asyncio.Task[None]:
+    """`client` joining, and waiting at the room's door."""
+    joining = asyncio.create_task(registry.join(client.connection))
+    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    return joining
+
+
 class RecordingHooks:
     """RoomHooks that log every call; `gate` holds loads until the test opens it."""
 
@@ -237,27 +257,16 @@ async def test_a_new_room_loads_only_after_the_previous_one_finished_flushing(
         await flush(room)
 
     hooks.flush = slow_flush  # type: ignore[method-assign]
-    alice = Client(metrics, "a1", "alice")
-    await registry.join(alice.connection)
-    leaving = asyncio.create_task(registry.leave(alice.connection))
-    await until(lambda: "p1" in registry._closing)
+    leaving = await last_leaves(registry, metrics)
     bob = Client(metrics, "b1", "bob")
-    joining = asyncio.create_task(registry.join(bob.connection))
-    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    joining = await waiting_to_join(registry, bob)
     assert hooks.calls.count("load p1") == 1
 
     release.set()
     await leaving
     await joining
 
-    assert hooks.calls == [
-        "subscribe p1",
-        "load p1",
-        "flush p1",
-        "unsubscribe p1",
-        "subscribe p1",
-        "load p1",
-    ]
+    assert hooks.calls == REOPENED
 
 
 async def test_a_join_with_nothing_to_wait_for_completes_without_yielding(
@@ -311,13 +320,9 @@ async def test_a_joiner_cancelled_while_the_last_room_closes_does_not_cancel_tha
     registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
 ) -> None:
     release = slow_flushes(hooks)
-    alice = Client(metrics, "a1", "alice")
-    await registry.join(alice.connection)
-    leaving = asyncio.create_task(registry.leave(alice.connection))
-    await until(lambda: "p1" in registry._closing)
+    leaving = await last_leaves(registry, metrics)
     bob = Client(metrics, "b1", "bob")
-    joining = asyncio.create_task(registry.join(bob.connection))
-    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    joining = await waiting_to_join(registry, bob)
 
     joining.cancel()  # as uvicorn cancels sessions at shutdown
     await asyncio.gather(joining, return_exceptions=True)
@@ -332,34 +337,22 @@ async def test_every_earlier_close_ends_before_the_next_room_opens(
     registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
 ) -> None:
     release = slow_flushes(hooks)
-    alice = Client(metrics, "a1", "alice")
-    await registry.join(alice.connection)
-    leaving = asyncio.create_task(registry.leave(alice.connection))
-    await until(lambda: "p1" in registry._closing)
+    leaving = await last_leaves(registry, metrics)
     # A second room waits for the first close, and is abandoned while it waits.
     bob = Client(metrics, "b1", "bob")
-    joining = asyncio.create_task(registry.join(bob.connection))
-    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    joining = await waiting_to_join(registry, bob)
     joining.cancel()
     await asyncio.gather(joining, return_exceptions=True)
     # A third room must still wait for the first close, not only for the second.
     carol = Client(metrics, "c1", "carol")
-    carol_joins = asyncio.create_task(registry.join(carol.connection))
-    await until(lambda: "p1" in registry._rooms and room_of(registry).joining == 1)
+    carol_joins = await waiting_to_join(registry, carol)
     assert hooks.calls.count("load p1") == 1
 
     release.set()
     await leaving
     await carol_joins
 
-    assert hooks.calls == [
-        "subscribe p1",
-        "load p1",
-        "flush p1",
-        "unsubscribe p1",
-        "subscribe p1",
-        "load p1",
-    ]
+    assert hooks.calls == REOPENED
     assert carol.types == ["presence_state"]
 
 
