@@ -29,7 +29,6 @@ from app.rooms.events import Author, InstanceEvent, Resync, Revoke, RoomEvent
 
 VERSION = 1
 LEGACY = 0
-VERSIONS = (LEGACY, VERSION)
 _NEWLINE = b"\n"
 # Version 0's control events, disguised as message types.
 _LEGACY_REVOKE = "texflow.revoke"

@@ -10,12 +10,20 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess, running_server
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     with running_server() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of the module's own, on a free port."""
+    with running_redis() as running:
         yield running
 
 

@@ -86,12 +86,6 @@ async def receive_after(ws: ClientConnection, message_type: str) -> dict[str, An
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def pair(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
     with cluster(redis_server) as servers:
         yield servers

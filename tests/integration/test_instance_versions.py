@@ -13,21 +13,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import close_code, member, receive_type, send
 from tests.support.cluster import cluster
-from tests.support.redis_server import RedisServer, running_redis
+from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def servers(redis: RedisServer) -> Iterator[list[ServerProcess]]:
-    with cluster(redis, 2) as running:
+def servers(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
+    with cluster(redis_server, 2) as running:
         yield running
 
 
@@ -44,7 +38,7 @@ async def skipped(server: ServerProcess, reason: str) -> float:
 
 
 def newer_release_publishes(
-    redis: RedisServer, server: ServerProcess, project: str, version: int, line: int
+    redis_server: RedisServer, server: ServerProcess, project: str, version: int, line: int
 ) -> None:
     """What an instance of a newer release sends: an extra header field, and a version."""
     header = {
@@ -60,12 +54,12 @@ def newer_release_publishes(
     }
     channel = f"{server.env['REDIS_CHANNEL_PREFIX']}room:{project}"
     body = json.dumps({"line": line, "column": 0}).encode()
-    with redis.client() as client:
+    with redis_server.client() as client:
         assert client.publish(channel, json.dumps(header).encode() + b"\n" + body) == 2
 
 
 async def test_a_newer_field_is_read_and_a_newer_version_skipped_on_both_instances(
-    redis: RedisServer, servers: list[ServerProcess]
+    redis_server: RedisServer, servers: list[ServerProcess]
 ) -> None:
     one, two = servers
     async with (
@@ -74,8 +68,8 @@ async def test_a_newer_field_is_read_and_a_newer_version_skipped_on_both_instanc
     ):
         await receive_type(a, "user_joined")
 
-        newer_release_publishes(redis, one, "mixed", version=2, line=2)
-        newer_release_publishes(redis, one, "mixed", version=1, line=1)
+        newer_release_publishes(redis_server, one, "mixed", version=2, line=2)
+        newer_release_publishes(redis_server, one, "mixed", version=1, line=1)
 
         for ws in (a, b):
             # The version 2 event never arrives: the first cursor is the version 1 one.
@@ -92,9 +86,9 @@ async def test_a_newer_field_is_read_and_a_newer_version_skipped_on_both_instanc
 
 
 @pytest.fixture(scope="module")
-def rolling(redis: RedisServer) -> Iterator[list[ServerProcess]]:
+def rolling(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
     """Mid-rollout from a release before version 1: the new instance still writes version 0."""
-    with cluster(redis, 2, [{"WIRE_VERSION": "0"}]) as running:
+    with cluster(redis_server, 2, [{"WIRE_VERSION": "0"}]) as running:
         yield running
 
 

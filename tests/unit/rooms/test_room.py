@@ -234,12 +234,15 @@ async def test_an_empty_room_is_flushed_and_dropped_when_its_grace_period_ends(
         assert hooks.calls == ["subscribe p1", "load p1", "flush p1", "unsubscribe p1"]
 
 
-async def test_stopping_flushes_rooms_still_in_their_grace_period(
-    lingering: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
+@pytest.mark.parametrize("left", [True, False], ids=["in its grace period", "with members"])
+async def test_stopping_flushes_every_room(
+    lingering: RoomRegistry, hooks: RecordingHooks, metrics: Metrics, left: bool
 ) -> None:
     alice = Client(metrics, "a1", "alice")
     await lingering.join(alice.connection)
-    await lingering.leave(alice.connection)
+    if left:
+        await lingering.leave(alice.connection)
+    # Otherwise the session never leaves in time (its transport is a fake nobody reads).
 
     await lingering.stop(grace=0)
 
@@ -249,14 +252,7 @@ async def test_stopping_flushes_rooms_still_in_their_grace_period(
 async def test_a_new_room_loads_only_after_the_previous_one_finished_flushing(
     registry: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
 ) -> None:
-    release = asyncio.Event()
-    flush = hooks.flush
-
-    async def slow_flush(room: Room) -> None:
-        await release.wait()
-        await flush(room)
-
-    hooks.flush = slow_flush  # type: ignore[method-assign]
+    release = slow_flushes(hooks)
     leaving = await last_leaves(registry, metrics)
     bob = Client(metrics, "b1", "bob")
     joining = await waiting_to_join(registry, bob)
@@ -372,18 +368,6 @@ async def test_presence_announcements_bypass_the_hooks(
         "user_left",
     ]
     assert hooks.applied == []
-
-
-async def test_stopping_flushes_rooms_that_still_have_members(
-    lingering: RoomRegistry, hooks: RecordingHooks, metrics: Metrics
-) -> None:
-    alice = Client(metrics, "a1", "alice")
-    await lingering.join(alice.connection)
-
-    # The session never leaves in time (its transport is a fake that nobody reads).
-    await lingering.stop(grace=0)
-
-    assert hooks.calls[-2:] == ["flush p1", "unsubscribe p1"]
 
 
 async def test_events_that_come_while_the_room_opens_are_applied_once_it_is_loaded(
