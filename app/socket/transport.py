@@ -102,7 +102,13 @@ class GatewayProtocol(ClientFaultsProtocol):
 
     async def run_asgi(self) -> None:
         self.scope["extensions"][EXTENSION] = {"transport": self}
-        await super().run_asgi()
+        try:
+            await super().run_asgi()
+        finally:
+            # The entry points back at this protocol, which owns the scope: left in place,
+            # every closed connection waited for a full collection to be freed
+            # (docs/performance.md, memory after a flood).
+            self.scope["extensions"].pop(EXTENSION, None)
 
     async def send(self, message: Any) -> None:
         await super().send(message)

@@ -15,7 +15,7 @@ from app.logs import log_config
 from app.routers.ws import SocketEndpoint
 from app.settings import Settings
 from app.socket.contract import check_uvicorn
-from app.socket.transport import EXTENSION, protocol_class
+from app.socket.transport import protocol_class
 from app.upgrade.http import http_protocol_class
 
 
@@ -58,13 +58,7 @@ class Gateway:
             path = get_route_path(scope)
             for prefix, endpoint in self._sockets:
                 if path.startswith(prefix):
-                    try:
-                        await endpoint(WebSocket(scope, receive, send), path[len(prefix) :])
-                    finally:
-                        # The transport entry points back at the protocol that owns this
-                        # scope: left in place, every closed connection waited for a full
-                        # collection to be freed (docs/performance.md, memory after a flood).
-                        scope.get("extensions", {}).pop(EXTENSION, None)
+                    await endpoint(WebSocket(scope, receive, send), path[len(prefix) :])
                     return
         await self.app(scope, receive, send)
 
