@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -15,6 +17,13 @@ from app.admission.proxies import ClientAddressResolver
 from app.broadcaster.base import Broadcaster
 from app.broadcaster.memory import MemoryBroadcaster
 from app.broadcaster.redis import RedisBroadcaster
+from app.documents.hooks import DocumentHooks
+from app.documents.library import DocumentLibrary
+from app.documents.service import DocumentService
+from app.documents.store.base import DocumentStore
+from app.documents.store.memory import MemoryStore
+from app.documents.store.sqlite import SqliteStore
+from app.documents.writer import DocumentWriter
 from app.fanout.connection import BacklogLimits
 from app.metrics import Metrics
 from app.protocols.json.codec import JsonCodec
@@ -55,6 +64,13 @@ def broadcaster_for(settings: Settings, metrics: Metrics) -> Broadcaster:
     )
 
 
+def store_for(settings: Settings) -> DocumentStore:
+    if settings.document_store == "memory":
+        return MemoryStore()
+    path = Path(settings.document_store.removeprefix("sqlite:///"))
+    return SqliteStore(path)
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
@@ -76,11 +92,36 @@ class Container(containers.DeclarativeContainer):
         ClientAddressResolver, trusted=settings.provided.trusted_proxies
     )
     broadcaster = providers.Singleton(broadcaster_for, settings=settings, metrics=metrics)
+    document_store = providers.Singleton(store_for, settings=settings)
+    document_writer = providers.Singleton(
+        DocumentWriter,
+        store=document_store,
+        metrics=metrics,
+        max_pending_bytes=settings.provided.document_pending_bytes,
+        compact_every=settings.provided.document_compact_every,
+    )
+    library = providers.Singleton(
+        DocumentLibrary,
+        store=document_store,
+        writer=document_writer,
+        metrics=metrics,
+        text_name=settings.provided.document_text_name,
+        grace=settings.provided.document_grace,
+        max_resident=settings.provided.max_resident_documents,
+    )
+    document_hooks = providers.Singleton(DocumentHooks, library=library)
     registry = providers.Singleton(
         RoomRegistry,
         broadcaster=broadcaster,
         metrics=metrics,
+        hooks=document_hooks,
         grace=settings.provided.room_grace,
+    )
+    documents = providers.Singleton(
+        DocumentService,
+        library=library,
+        registry=registry,
+        max_document_bytes=settings.provided.max_document_bytes,
     )
     reclaimer = providers.Singleton(
         Reclaimer,
@@ -119,6 +160,7 @@ class Container(containers.DeclarativeContainer):
         auth=auth,
         backlog=backlog_limits,
         limits=session_limits,
+        documents=documents,
     )
     json_codec = providers.Singleton(JsonCodec)
     # The one table of WebSocket routes: a path prefix per wire protocol.

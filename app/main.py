@@ -35,6 +35,10 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = container.registry()
         reclaimer = container.reclaimer()
+        store = container.document_store()
+        library = container.library()
+        await store.start()
+        library.start()
         await registry.start()
         await reclaimer.start()
         try:
@@ -42,6 +46,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         finally:
             await reclaimer.stop()
             await registry.stop()
+            # After the sessions: their last updates are stored, then the store closes.
+            await library.stop(patience=settings.shutdown_drain)
+            await store.stop()
 
     app = FastAPI(
         title="texflow-websocket",

@@ -10,8 +10,9 @@ from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.protocols.json.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
+from app.protocols.json.messages import DOCUMENT_TYPES, RELAYED_TYPES, SERVER_ONLY_TYPES
 
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 
 
@@ -54,7 +55,10 @@ class Metrics:
             registry=self.registry,
         )
         known = (
-            RELAYED_TYPES | SERVER_ONLY_TYPES | {"ping", "auth_refresh", "invalid", "rate_limited"}
+            RELAYED_TYPES
+            | SERVER_ONLY_TYPES
+            | DOCUMENT_TYPES
+            | {"ping", "auth_refresh", "invalid", "rate_limited"}
         )
         self.messages_sent = TypeCounter(
             "websocket_messages_sent",
@@ -136,6 +140,45 @@ class Metrics:
         self.redis_publish_dropped = Counter(
             "websocket_redis_publish_dropped_total",
             "Events not sent to other instances because Redis was unreachable.",
+            registry=self.registry,
+        )
+
+        self.documents_resident = Gauge(
+            "websocket_documents_resident",
+            "Documents held in memory on this instance (MAX_RESIDENT_DOCUMENTS at most).",
+            registry=self.registry,
+        )
+        self.documents_resident_bytes = Gauge(
+            "websocket_documents_resident_bytes",
+            "Yjs bytes of the resident documents: each one's snapshot and the updates since.",
+            registry=self.registry,
+        )
+        self.document_pending_bytes = Gauge(
+            "websocket_document_pending_bytes",
+            "Bytes of updates applied but not yet stored (bounded by DOCUMENT_PENDING_BYTES).",
+            registry=self.registry,
+        )
+        self.document_load_seconds = Histogram(
+            "websocket_document_load_seconds",
+            "Time to load a document from the store and build it in memory.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.document_store_seconds = Histogram(
+            "websocket_document_store_seconds",
+            "Time for one append to the document store to become durable.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.document_store_errors = Counter(
+            "websocket_document_store_errors_total",
+            "Document store calls that failed, by operation (load, append, compact).",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.document_compactions = Counter(
+            "websocket_document_compactions_total",
+            "Document logs replaced by a snapshot.",
             registry=self.registry,
         )
 

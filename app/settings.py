@@ -108,6 +108,9 @@ def _origins(raw: str | None) -> tuple[str, ...] | None:
     return parts or None
 
 
+DEFAULT_DOCUMENT_STORE = "sqlite:///data/documents.sqlite3"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service can be configured with; defaults match the Go service."""
@@ -165,6 +168,21 @@ class Settings:
     wire_version: int = 1
     # The least time between two memory reclaims after a drop in connections; 0 turns them off.
     memory_reclaim_interval: float = 60.0
+    # Where documents are kept: sqlite:///PATH (relative to the working directory, or
+    # sqlite:////absolute/path) or memory (nothing survives a restart).
+    document_store: str = DEFAULT_DOCUMENT_STORE
+    # The Y.Text the TexFlow editor binds, read and seeded by the backend API.
+    document_text_name: str = "content"
+    # Yjs bytes a document may hold (its snapshot and the updates since); Overleaf caps one
+    # document at 2 MB of text.
+    max_document_bytes: int = 16 * 1024 * 1024
+    # How long a document stays in memory once nobody uses it.
+    document_grace: float = 30.0
+    max_resident_documents: int = 1000
+    # Updates applied but not yet stored, across documents: past it, writes are refused.
+    document_pending_bytes: int = 64 * 1024 * 1024
+    # A document's log is compacted into a snapshot after this many appends.
+    document_compact_every: int = 500
 
     @property
     def is_production(self) -> bool:
@@ -246,6 +264,17 @@ class Settings:
             memory_reclaim_interval=parse_duration(
                 "MEMORY_RECLAIM_INTERVAL", env.get("MEMORY_RECLAIM_INTERVAL") or "60s"
             ),
+            document_store=(env.get("DOCUMENT_STORE") or "").strip() or DEFAULT_DOCUMENT_STORE,
+            document_text_name=(env.get("DOCUMENT_TEXT_NAME") or "").strip() or "content",
+            max_document_bytes=_integer(
+                env, "MAX_DOCUMENT_BYTES", 16 * 1024 * 1024, 8 * 1024 * 1024
+            ),
+            document_grace=parse_duration("DOCUMENT_GRACE", env.get("DOCUMENT_GRACE") or "30s"),
+            max_resident_documents=_integer(env, "MAX_RESIDENT_DOCUMENTS", 1000, 1),
+            document_pending_bytes=_integer(
+                env, "DOCUMENT_PENDING_BYTES", 64 * 1024 * 1024, 1024 * 1024
+            ),
+            document_compact_every=_integer(env, "DOCUMENT_COMPACT_EVERY", 500, 1),
         )
         settings.check()
         return settings
@@ -258,6 +287,11 @@ class Settings:
             raise SettingsError(
                 f"ROOT_PATH: expected a path such as /realtime (a leading slash, no trailing "
                 f"one), got {self.root_path!r}"
+            )
+        if self.document_store != "memory" and not self.document_store.startswith("sqlite:///"):
+            raise SettingsError(
+                "DOCUMENT_STORE: expected sqlite:///PATH or memory, "
+                f"got {self.document_store.split('://')[0]!r}"
             )
         if self.send_queue_bytes < self.max_message_size:
             raise SettingsError(

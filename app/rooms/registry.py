@@ -221,9 +221,17 @@ class RoomRegistry:
 
     # Messages
 
-    def relay(self, sender: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
+    def relay(
+        self,
+        sender: Connection,
+        message_type: str,
+        payload: Mapping[str, Any],
+        *,
+        applied: bool = False,
+    ) -> None:
         """Send a client's message to every other connection of its project, on every instance.
-        A room hook may refuse it (Refusal): then nobody gets it."""
+        A room hook may refuse it (Refusal): then nobody gets it. `applied`: the caller has
+        done what the hook would (a document update already applied), so the hook is skipped."""
         event = RoomEvent(
             sender.project_id,
             message_type,
@@ -233,7 +241,7 @@ class RoomRegistry:
             exclude=sender.client_id,
         )
         room = self._rooms.get(sender.project_id)
-        if room is not None:
+        if room is not None and not applied:
             room.apply(event)
         self._publish(room, event)
 
@@ -260,6 +268,7 @@ class RoomRegistry:
         *,
         user_id: str,
         username: str,
+        applied: bool = False,
     ) -> int:
         """A backend service's event for every connection of the project, on every instance.
         Returns how many connections on this instance got it."""
@@ -271,7 +280,7 @@ class RoomRegistry:
             time.time(),
         )
         room = self._rooms.get(project_id)
-        if room is not None:
+        if room is not None and not applied:
             room.apply(event)
         return self._publish(room, event)
 

@@ -20,16 +20,30 @@ from starlette.websockets import WebSocket
 
 from app.admission.auth import AuthService
 from app.admission.gatekeeper import Ticket
+from app.documents.editor import Editor
+from app.documents.service import DocumentService
 from app.errors import CloseCode, Refusal
 from app.fanout.connection import BacklogLimits, Connection
 from app.metrics import Metrics
 from app.protocols.base import Codec
-from app.protocols.json.messages import utc_timestamp
+from app.protocols.json.messages import (
+    DOCUMENT_TYPES,
+    ClientMessage,
+    YjsAwareness,
+    YjsSyncStep1,
+    YjsSyncStep2,
+    YjsUpdate,
+    YjsUpdatePart,
+    utc_timestamp,
+)
 from app.rooms.registry import RoomRegistry
 from app.session.ratelimit import StrikeCounter, TokenBucket
 from app.socket.transport import transport_of
 
 logger = logging.getLogger("texflow.session")
+
+# Refusals that are the server's state, not the client's mistake: they never count as strikes.
+_NOT_THE_CLIENTS_FAULT = frozenset({"document_unavailable", "store_unavailable"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +145,10 @@ class SessionHandler:
         auth: AuthService,
         backlog: BacklogLimits,
         limits: SessionLimits,
+        documents: DocumentService,
     ) -> None:
         self._registry = registry
+        self._documents = documents
         self._metrics = metrics
         self._auth = auth
         self._backlog = backlog
@@ -185,6 +201,7 @@ class SessionHandler:
             self._registry, connection, self._limits.expiry_warning, self._limits.leeway
         )
         code, reason = 1006, ""  # no close frame: never sent, only reported
+        editor = self._documents.editor(connection)
         try:
             try:
                 await self._registry.join(connection)
@@ -196,10 +213,12 @@ class SessionHandler:
                 connection.close(code, reason)
                 return
             expiry.schedule(ticket.identity.expires_at)
-            code, reason = await self._read(websocket, connection, expiry)
+            code, reason = await self._read(websocket, connection, expiry, editor)
         finally:
             expiry.cancel()
             ticket.release()
+            # Before leaving: the others are told its awareness states are gone.
+            editor.close()
             await self._registry.leave(connection)
             duration = time.monotonic() - started
             metrics.active_connections.dec()
@@ -217,7 +236,7 @@ class SessionHandler:
             )
 
     async def _read(
-        self, websocket: WebSocket, connection: Connection, expiry: _Expiry
+        self, websocket: WebSocket, connection: Connection, expiry: _Expiry, editor: Editor
     ) -> tuple[int, str]:
         """Dispatch incoming messages until the peer leaves; returns the close code and reason."""
         limits = self._limits
@@ -239,9 +258,17 @@ class SessionHandler:
                 )
                 accepted = False
             else:
-                accepted = self._handle(
-                    connection, message.get("text"), message.get("bytes"), expiry
-                )
+                try:
+                    decoded = connection.codec.decode(message.get("text"), message.get("bytes"))
+                except Refusal as error:
+                    accepted = self._refuse(connection, error)
+                else:
+                    if decoded.type in DOCUMENT_TYPES:
+                        # Awaited in line: a document's first use loads it, and what the
+                        # connection sends next waits, so its acknowledgements keep its order.
+                        accepted = await self._edit(connection, editor, decoded)
+                    else:
+                        accepted = self._handle(connection, decoded, expiry)
             if not accepted and strikes.strike(now):
                 logger.info(
                     "closing a connection that keeps sending refused messages",
@@ -249,14 +276,30 @@ class SessionHandler:
                 )
                 connection.close(CloseCode.POLICY_VIOLATION, "too many refused messages")
 
-    def _handle(
-        self, connection: Connection, text: str | None, data: bytes | None, expiry: _Expiry
-    ) -> bool:
-        """Handle one frame within the rate limit; False when it was refused."""
+    async def _edit(self, connection: Connection, editor: Editor, message: ClientMessage) -> bool:
+        """Handle one message for a document; False when it was refused for the client's fault."""
+        self._metrics.received(message.type)
         try:
-            message = connection.codec.decode(text, data)
+            if isinstance(message, YjsUpdate):
+                payload = message.payload
+                await editor.update(payload.document_id, payload.update, payload.origin)
+            elif isinstance(message, YjsSyncStep2):
+                await editor.update(message.payload.document_id, message.payload.update, "sync")
+            elif isinstance(message, YjsSyncStep1):
+                await editor.sync(message.payload.document_id, message.payload.state_vector)
+            elif isinstance(message, YjsUpdatePart):
+                part = message.payload
+                await editor.part(part.document_id, part.index, part.data, part.final)
+            elif isinstance(message, YjsAwareness):
+                await editor.awareness(message.payload.document_id, message.payload.update)
         except Refusal as error:
             return self._refuse(connection, error)
+        except Exception:
+            self._failed(connection)
+        return True
+
+    def _handle(self, connection: Connection, message: ClientMessage, expiry: _Expiry) -> bool:
+        """Handle one message within the rate limit; False when it was refused."""
         try:
             self._metrics.received(message.type)
             if message.type == "ping":
@@ -269,17 +312,20 @@ class SessionHandler:
             # A room hook refused it (an update a document cannot take): nobody else got it.
             return self._refuse(connection, error)
         except Exception:
-            # A fault of ours must not cost this client its connection, nor reach it.
-            logger.exception(
-                "message handling failed",
-                extra={"event": "ws_internal_error", "client_id": connection.client_id},
-            )
-            self._registry.send(
-                connection,
-                "error",
-                {"code": "internal_error", "message": "the message was not processed"},
-            )
+            self._failed(connection)
         return True
+
+    def _failed(self, connection: Connection) -> None:
+        # A fault of ours must not cost this client its connection, nor reach it.
+        logger.exception(
+            "message handling failed",
+            extra={"event": "ws_internal_error", "client_id": connection.client_id},
+        )
+        self._registry.send(
+            connection,
+            "error",
+            {"code": "internal_error", "message": "the message was not processed"},
+        )
 
     def _refresh(self, connection: Connection, token: str, expiry: _Expiry) -> bool:
         try:
@@ -305,4 +351,4 @@ class SessionHandler:
     def _refuse(self, connection: Connection, error: Refusal) -> bool:
         self._metrics.received("invalid")
         self._registry.send(connection, "error", error.payload())
-        return False
+        return error.code in _NOT_THE_CLIENTS_FAULT

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from app.documents.store.base import (
@@ -395,7 +396,10 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: every transaction is begun and ended explicitly. The connection
-        # stays bound to the thread that opened it (check_same_thread).
+        # stays bound to the thread that opened it (check_same_thread). The folder is made
+        # here so that the default path in a fresh checkout needs no set-up.
+        with contextlib.suppress(OSError):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
 
     @staticmethod

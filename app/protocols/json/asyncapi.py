@@ -16,12 +16,14 @@ from app.protocols.json.messages import (
     EPHEMERAL_TYPES,
     RELAYED_TYPES,
     SERVER_ONLY_TYPES,
+    SYNC_TYPES,
     AuthRefreshedPayload,
     ClientMessage,
     Envelope,
     ErrorPayload,
     PresenceStatePayload,
     UserPresencePayload,
+    YjsAckPayload,
 )
 
 REF = "#/components/schemas/{model}"
@@ -41,11 +43,36 @@ _DOCS: dict[str, tuple[str, dict[str, Any]]] = {
         {"document_id": "main.tex", "version": 42},
     ),
     "yjs_update": (
-        "A Yjs CRDT update. Bytes: base64, an array of 0-255, or a Uint8Array object; relayed as "
-        "base64.",
-        {"update": "AQHYo8X2BwAEAQRtYWluAWE=", "origin": "user-abc"},
+        "A Yjs CRDT update, applied to the server's document before it is relayed, and "
+        "acknowledged with yjs_ack once stored. Bytes: base64, an array of 0-255, or a "
+        "Uint8Array object; relayed as base64.",
+        {"document_id": "main.tex", "update": "AQHYo8X2BwAEAQRtYWluAWE=", "origin": "edit"},
     ),
-    "yjs_awareness": ("A Yjs awareness update.", {"update": "AQHYo8X2BwEAAA=="}),
+    "yjs_awareness": (
+        "A Yjs awareness update (y-protocols); the server keeps each document's states.",
+        {"document_id": "main.tex", "update": "AQHYo8X2BwEAAA=="},
+    ),
+    "yjs_sync_step1": (
+        "A state vector. From a client: answered with yjs_sync_step2, the server's own "
+        "yjs_sync_step1 and the document's awareness. From the server: answer with "
+        "yjs_sync_step2.",
+        {"document_id": "main.tex", "state_vector": "AA=="},
+    ),
+    "yjs_sync_step2": (
+        "What the other side lacks, as a Yjs update. A client's is applied, relayed and "
+        "acknowledged with yjs_ack like a yjs_update.",
+        {"document_id": "main.tex", "update": "AAA="},
+    ),
+    "yjs_update_part": (
+        "One part of an update too large for one message (MAX_MESSAGE_SIZE): parts 0, 1, ... "
+        "of one document in order, the last with final true; then handled as one yjs_update.",
+        {"document_id": "main.tex", "index": 0, "final": False, "data": "AQHYo8X2Bw=="},
+    ),
+    "yjs_ack": (
+        "One accepted yjs_update or yjs_sync_step2 of this connection is durable; in the "
+        "order they were sent.",
+        {"document_id": "main.tex"},
+    ),
     "compilation_started": ("A compilation began.", {"compilation_id": "c-17"}),
     "compilation_completed": (
         "A compilation finished.",
@@ -84,6 +111,7 @@ _SERVER_PAYLOADS: dict[str, type[BaseModel] | None] = {
     "user_left": UserPresencePayload,
     "error": ErrorPayload,
     "auth_refreshed": AuthRefreshedPayload,
+    "yjs_ack": YjsAckPayload,
     "pong": None,
 }
 
@@ -99,7 +127,7 @@ def client_models() -> dict[str, type[BaseModel]]:
 
 
 def _check_documented() -> None:
-    known = set(client_models()) | SERVER_ONLY_TYPES | RELAYED_TYPES
+    known = set(client_models()) | SERVER_ONLY_TYPES | RELAYED_TYPES | SYNC_TYPES
     missing = known - _DOCS.keys()
     if missing:
         raise RuntimeError(f"message types without AsyncAPI docs: {sorted(missing)}")
@@ -146,8 +174,8 @@ def build(version: str, server_host: str = "localhost:8082") -> dict[str, Any]:
             "summary": f"A client sends {message_type}.",
         }
 
-    for message_type in sorted(RELAYED_TYPES | SERVER_ONLY_TYPES):
-        if message_type in models and message_type in RELAYED_TYPES:
+    for message_type in sorted(RELAYED_TYPES | SERVER_ONLY_TYPES | SYNC_TYPES):
+        if message_type in models and message_type in RELAYED_TYPES | SYNC_TYPES:
             payload = {"$ref": REF.format(model=f"client.{message_type}") + "/properties/payload"}
         else:
             model_or_none = _SERVER_PAYLOADS[message_type]

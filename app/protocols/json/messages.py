@@ -42,7 +42,13 @@ DURABLE_TYPES = frozenset(
 )
 RELAYED_TYPES = EPHEMERAL_TYPES | DURABLE_TYPES
 SERVER_ONLY_TYPES = frozenset(
-    {"user_joined", "user_left", "presence_state", "pong", "error", "auth_refreshed"}
+    {"user_joined", "user_left", "presence_state", "pong", "error", "auth_refreshed", "yjs_ack"}
+)
+# Sent by the server to one connection as well as by clients: the sync step's two halves.
+SYNC_TYPES = frozenset({"yjs_sync_step1", "yjs_sync_step2"})
+# Handled by the server's documents (app/documents), not relayed as they come.
+DOCUMENT_TYPES = frozenset(
+    {"yjs_sync_step1", "yjs_sync_step2", "yjs_update", "yjs_update_part", "yjs_awareness"}
 )
 MAX_ERROR_DETAILS = 10
 
@@ -177,14 +183,31 @@ class TypingPayload(_Payload):
 
 
 class YjsUpdatePayload(_Payload):
+    document_id: DocumentId
     update: YjsBytes
     origin: Annotated[str, Field(max_length=256)] | None = None
-    document_id: DocumentId | None = None
 
 
 class YjsAwarenessPayload(_Payload):
+    document_id: DocumentId
     update: YjsBytes
-    document_id: DocumentId | None = None
+
+
+class YjsSyncStep1Payload(_Payload):
+    document_id: DocumentId
+    state_vector: YjsBytes
+
+
+class YjsSyncStep2Payload(_Payload):
+    document_id: DocumentId
+    update: YjsBytes
+
+
+class YjsUpdatePartPayload(_Payload):
+    document_id: DocumentId
+    index: Annotated[int, Field(ge=0, strict=True)]
+    final: Annotated[bool, Field(strict=True)]
+    data: YjsBytes
 
 
 class _ClientMessage(BaseModel):
@@ -221,6 +244,28 @@ class YjsUpdate(_ClientMessage):
 class YjsAwareness(_ClientMessage):
     type: Literal["yjs_awareness"]
     payload: YjsAwarenessPayload
+
+
+class YjsSyncStep1(_ClientMessage):
+    """What the client has; answered with yjs_sync_step2 (what it lacks), the server's own
+    yjs_sync_step1 and the document's awareness states."""
+
+    type: Literal["yjs_sync_step1"]
+    payload: YjsSyncStep1Payload
+
+
+class YjsSyncStep2(_ClientMessage):
+    """What the server lacks, in answer to the server's yjs_sync_step1; acknowledged."""
+
+    type: Literal["yjs_sync_step2"]
+    payload: YjsSyncStep2Payload
+
+
+class YjsUpdatePart(_ClientMessage):
+    """One part of an update too large for one message; the last one has `final: true`."""
+
+    type: Literal["yjs_update_part"]
+    payload: YjsUpdatePartPayload
 
 
 class CompilationStarted(_ClientMessage):
@@ -261,6 +306,9 @@ ClientMessage = Annotated[
     | DocumentUpdate
     | YjsUpdate
     | YjsAwareness
+    | YjsSyncStep1
+    | YjsSyncStep2
+    | YjsUpdatePart
     | CompilationStarted
     | CompilationCompleted
     | CompilationFailed
@@ -298,6 +346,10 @@ class UserPresencePayload(BaseModel):
 
 class AuthRefreshedPayload(BaseModel):
     expires_at: str = Field(description="The connection's new deadline, RFC 3339 UTC")
+
+
+class YjsAckPayload(BaseModel):
+    document_id: str = Field(description="The document of the update now durable")
 
 
 class ErrorDetail(BaseModel):

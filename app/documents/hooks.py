@@ -1,0 +1,57 @@
+"""The rooms' hook for documents: updates relayed from other instances reach this one's copy."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+
+from pydantic_core import from_json
+
+from app.documents.awareness import AwarenessRefused
+from app.documents.document import EMPTY_UPDATE
+from app.documents.library import DocumentLibrary
+from app.documents.store.base import DocumentKey
+from app.errors import Refusal
+from app.rooms.events import RoomEvent
+from app.rooms.room import Room
+
+logger = logging.getLogger("texflow.documents")
+
+
+class DocumentHooks:
+    """Applies another instance's `yjs_update` and `yjs_awareness` to the document when it is
+    resident here; local ones are applied before they are relayed and never come here."""
+
+    def __init__(self, library: DocumentLibrary) -> None:
+        self._library = library
+
+    async def load(self, room: Room) -> None:
+        return None
+
+    async def flush(self, room: Room) -> None:
+        return None
+
+    def apply(self, room: Room, event: RoomEvent) -> None:
+        if event.type != "yjs_update" and event.type != "yjs_awareness":
+            return
+        try:
+            payload = from_json(event.payload)
+            key = DocumentKey(event.project_id, payload["document_id"])
+            data = base64.b64decode(payload["update"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return
+        document = self._library.resident(key)
+        if document is None or document.deleted:
+            return
+        try:
+            if event.type == "yjs_awareness":
+                document.awareness.apply(data, event.author.client_id)
+            elif data != EMPTY_UPDATE:
+                document.apply(data)
+                self._library.writer.write(document, data)
+        except (Refusal, AwarenessRefused) as exc:
+            logger.warning(
+                "an update from another instance does not apply here",
+                extra={"event": "remote_update_refused", "error": str(exc)},
+            )
