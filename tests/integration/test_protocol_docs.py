@@ -16,6 +16,7 @@ from app.protocols.json.asyncapi import client_models, message_types
 from app.protocols.json.messages import (
     RELAYED_TYPES,
     SERVER_ONLY_TYPES,
+    SYNC_TYPES,
     parse_client_message,
 )
 from tests.support.server import ROOT, ServerProcess
@@ -49,7 +50,7 @@ def accepted_types() -> set[str]:
 async def test_every_message_type_is_described_in_its_direction(document: dict[str, Any]) -> None:
     received, sent = message_types(document)
     assert received == accepted_types()
-    assert sent == RELAYED_TYPES | SERVER_ONLY_TYPES
+    assert sent == RELAYED_TYPES | SERVER_ONLY_TYPES | SYNC_TYPES
     assert document["asyncapi"] == "3.0.0"
     assert document["channels"]["project"]["address"] == "/ws/{project_id}"
 

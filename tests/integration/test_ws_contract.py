@@ -17,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 from tests.support.clients import RawClient, member, open_ws, receive, receive_type, send
 from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
+from tests.support.yjs import b64, typed_update
 
 pytestmark = pytest.mark.anyio
 
@@ -142,6 +143,11 @@ async def test_identity_comes_from_username_name_or_user_id(server: ServerProces
 
 # Relay
 
+# Yjs bytes are applied by the server before they are relayed: they must be real ones.
+UPDATE = typed_update("x")
+# One awareness entry: client 1, clock 0, state {}.
+AWARENESS = bytes([1, 1, 0, 2]) + b"{}"
+
 RELAYS: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = [
     ("cursor_update", {"line": 3, "column": 7, "document_id": "main.tex"}, {}),
     (
@@ -156,10 +162,14 @@ RELAYS: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = [
         {"document_id": "main.tex", "ops": [{"insert": "x", "at": 4}], "version": 3, "z": None},
         {},
     ),
-    ("yjs_update", {"update": "AQID", "origin": "user-a", "document_id": "d"}, {}),
-    ("yjs_update", {"update": [1, 2, 3]}, {"update": "AQID"}),
-    ("yjs_update", {"update": {"0": 1, "1": 2, "2": 3}}, {"update": "AQID"}),
-    ("yjs_awareness", {"update": [0, 255]}, {"update": "AP8="}),
+    ("yjs_update", {"update": b64(UPDATE), "origin": "user-a", "document_id": "d"}, {}),
+    ("yjs_update", {"update": list(UPDATE), "document_id": "d"}, {"update": b64(UPDATE)}),
+    (
+        "yjs_update",
+        {"update": dict(enumerate(UPDATE)), "document_id": "d"},
+        {"update": b64(UPDATE)},
+    ),
+    ("yjs_awareness", {"update": list(AWARENESS), "document_id": "d"}, {"update": b64(AWARENESS)}),
     ("compilation_started", {"compilation_id": "c1"}, {}),
     (
         "compilation_completed",

@@ -43,6 +43,16 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def typed_update(text: str, doc: Doc[Text] | None = None) -> bytes:
+    """The update that inserting `text` at the start of `doc`'s text makes (a new doc's)."""
+    doc = doc if doc is not None else Doc()
+    updates: list[bytes] = []
+    subscription = doc.observe(lambda event: updates.append(event.update))
+    doc.get(TEXT_NAME, type=Text).insert(0, text)
+    doc.unobserve(subscription)
+    return merge_updates(*updates)
+
+
 def encode_bytes(data: bytes, encoding: Encoding) -> str | list[int] | dict[str, int]:
     if encoding == "base64":
         return b64(data)
@@ -93,6 +103,10 @@ class YjsClient:
         self.answered: Counter[str] = Counter()
         self.joined: set[str] = set()
         self.foreign_documents = 0
+        # The server's side: acknowledgements of what this client sent, and its sync step.
+        self.acks = 0
+        self.expected_acks = 0
+        self.synced = False
         self._changed = anyio.Event()
 
     # The document
@@ -140,6 +154,22 @@ class YjsClient:
             "document_id": self.document_id,
         }
         await send(self.ws, "yjs_update", payload)
+        self.expected_acks += 1
+
+    @property
+    def saved(self) -> bool:
+        """Everything this client sent is durable on the server."""
+        return self.acks == self.expected_acks
+
+    async def sync_with_server(self) -> None:
+        """The server's sync step: send our state vector; the server answers with what we lack
+        and its own state vector, which we answer with what it lacks (handled by `handle`)."""
+        self.synced = False
+        await send(
+            self.ws,
+            "yjs_sync_step1",
+            {"document_id": self.document_id, "state_vector": b64(self.doc.get_state())},
+        )
 
     async def edit_randomly(
         self, rng: random.Random, bursts: int, halfway: Callable[[], Any] | None = None
@@ -253,6 +283,10 @@ class YjsClient:
         if kind == "user_left":
             return
         assert kind != "error", f"{self.name} got an error: {message}"
+        if kind == "yjs_ack":
+            self.acks += 1
+            assert self.acks <= self.expected_acks, f"{self.name} got more acks than it sent"
+            return
         if payload.get("document_id") != self.document_id:
             self.foreign_documents += 1  # another file of the project: another Doc's business
             return
@@ -262,6 +296,17 @@ class YjsClient:
             update = base64.b64decode(payload["update"], validate=True)
             self.received_updates.append(Received(sender, payload.get("origin"), update))
             self.apply_remote(update)
+        elif kind == "yjs_sync_step2":
+            self.apply_remote(base64.b64decode(payload["update"], validate=True))
+            self.synced = True
+        elif kind == "yjs_sync_step1":
+            diff = self.doc.get_update(base64.b64decode(payload["state_vector"], validate=True))
+            await send(
+                self.ws,
+                "yjs_sync_step2",
+                {"document_id": self.document_id, "update": encode_bytes(diff, self.encoding)},
+            )
+            self.expected_acks += 1
         elif kind == "yjs_awareness":
             assert isinstance(payload["update"], str), "awareness is relayed as base64"
             data = base64.b64decode(payload["update"], validate=True)

@@ -125,9 +125,18 @@ async def test_a_file_from_a_newer_release_is_refused_untouched(path: Path) -> N
 
 
 async def test_a_file_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
     with pytest.raises(StoreError, match="cannot open"):
-        await SqliteStore(tmp_path / "missing-directory" / "documents.sqlite3").start()
+        await SqliteStore(not_a_folder / "documents.sqlite3").start()
     assert store_threads() == []
+
+
+async def test_a_missing_folder_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "documents.sqlite3"
+    async with running(SqliteStore(path)) as store:
+        assert await store.append(KEY, b"u") == 1
+    assert path.exists()
 
 
 async def test_concurrent_appends_are_committed_together(path: Path) -> None:

@@ -26,7 +26,10 @@ from app.protocols.json.messages import (
     Selection,
     UserTyping,
     YjsAwareness,
+    YjsSyncStep1,
+    YjsSyncStep2,
     YjsUpdate,
+    YjsUpdatePart,
     epoch_timestamp,
     parse_client_message,
     utc_timestamp,
@@ -82,14 +85,35 @@ def refusal(text: str | bytes) -> Refusal:
         ),
         ({"type": "document_update"}, DocumentUpdate, {}),
         (
-            {"type": "yjs_update", "payload": {"update": "AQID", "origin": "local"}},
+            {
+                "type": "yjs_update",
+                "payload": {"document_id": "d", "update": "AQID", "origin": "local"},
+            },
             YjsUpdate,
-            {"update": "AQID", "origin": "local"},
+            {"document_id": "d", "update": "AQID", "origin": "local"},
         ),
         (
-            {"type": "yjs_awareness", "payload": {"update": "AQID"}},
+            {"type": "yjs_awareness", "payload": {"document_id": "d", "update": "AQID"}},
             YjsAwareness,
-            {"update": "AQID"},
+            {"document_id": "d", "update": "AQID"},
+        ),
+        (
+            {"type": "yjs_sync_step1", "payload": {"document_id": "d", "state_vector": "AA=="}},
+            YjsSyncStep1,
+            {"document_id": "d", "state_vector": "AA=="},
+        ),
+        (
+            {"type": "yjs_sync_step2", "payload": {"document_id": "d", "update": "AAA="}},
+            YjsSyncStep2,
+            {"document_id": "d", "update": "AAA="},
+        ),
+        (
+            {
+                "type": "yjs_update_part",
+                "payload": {"document_id": "d", "index": 0, "final": True, "data": "AAA="},
+            },
+            YjsUpdatePart,
+            {"document_id": "d", "index": 0, "final": True, "data": "AAA="},
         ),
         (
             {"type": "compilation_started", "payload": {"job": "j1"}},
@@ -145,10 +169,10 @@ def test_type_sets_partition_the_relayed_types() -> None:
 def test_yjs_bytes_in_every_encoding_are_relayed_as_base64(
     message_type: str, update: object
 ) -> None:
-    parsed = parse({"type": message_type, "payload": {"update": update}})
+    parsed = parse({"type": message_type, "payload": {"document_id": "d", "update": update}})
 
     assert parsed.payload.update == b"\x00\x01\x02\xff"
-    assert parsed.payload.relay() == {"update": "AAEC/w=="}
+    assert parsed.payload.relay() == {"document_id": "d", "update": "AAEC/w=="}
 
 
 @pytest.mark.parametrize(
@@ -170,7 +194,9 @@ def test_yjs_bytes_in_every_encoding_are_relayed_as_base64(
     ],
 )
 def test_invalid_yjs_bytes_are_refused(update: object) -> None:
-    error = refusal(json.dumps({"type": "yjs_update", "payload": {"update": update}}))
+    error = refusal(
+        json.dumps({"type": "yjs_update", "payload": {"document_id": "d", "update": update}})
+    )
 
     assert error.code == "invalid_message"
     assert error.details is not None
@@ -347,9 +373,11 @@ def test_extra_keys_in_nested_typed_payloads_are_dropped() -> None:
 
 
 def test_extra_keys_in_yjs_payloads_are_dropped() -> None:
-    payload = relayed({"type": "yjs_update", "payload": {"update": [1], "state": "big"}})
+    payload = relayed(
+        {"type": "yjs_update", "payload": {"document_id": "d", "update": [1], "state": "big"}}
+    )
 
-    assert payload == {"update": "AQ=="}
+    assert payload == {"document_id": "d", "update": "AQ=="}
 
 
 def test_top_level_identity_keys_are_ignored() -> None:
