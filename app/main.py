@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from app.container import Container
 from app.errors import Refusal
-from app.routers import asyncapi, demo, health, internal, stats
+from app.routers import asyncapi, demo, documents, health, internal, stats
 from app.routers.errors import error_response, refusal_response
 from app.settings import Settings
 
@@ -60,6 +60,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(health.router)
     app.include_router(stats.router)
     app.include_router(internal.router)
+    app.include_router(documents.router)
     app.include_router(asyncapi.router)
     app.include_router(demo.router)
 

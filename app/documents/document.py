@@ -134,6 +134,12 @@ class LiveDocument:
     def text(self) -> str:
         return str(self._doc.get(self.text_name, type=Text))
 
+    @property
+    def written(self) -> bool:
+        """Whether anything was ever applied or stored: a document a client merely opened
+        does not exist for the backend API (the store has no row for it)."""
+        return bool(self.size or self.stored_seq or self.pending)
+
     def encode(self) -> bytes:
         return self.diff(b"\x00")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.documents.document import EMPTY_UPDATE, LiveDocument, Write
 from app.documents.editor import Editor, b64
-from app.documents.library import DocumentLibrary
+from app.documents.library import DocumentLibrary, unavailable
 from app.documents.store.base import DocumentKey, StoreError
 from app.documents.writer import DocumentWriter
 from app.errors import Refusal
@@ -46,6 +46,17 @@ def too_large(limit: int) -> Refusal:
         f"this update would take the document past {limit} bytes; it was not applied",
         status=413,
     )
+
+
+def _utf8(text: str) -> bytes:
+    # Python's JSON parser lets an unpaired surrogate (an escaped \ud800) through, and yrs
+    # cannot hold one: refused before anything is loaded.
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise Refusal(
+            "invalid_text", "expected Unicode text: it holds an unpaired surrogate"
+        ) from None
 
 
 class DocumentService:
@@ -116,7 +127,12 @@ class DocumentService:
     async def read(self, key: DocumentKey) -> DocumentContent | None:
         """The document's text and whole state; None if there is no such document."""
         document = self.library.resident(key)
-        if document is None or document.deleted:
+        if document is not None and not document.deleted:
+            # Resident but never written (a client opened it and typed nothing): the store
+            # has no such document, and neither does `documents()`.
+            if not document.written:
+                return None
+        else:
             try:
                 stored = await self.library.store.load(key)
             except StoreError:
@@ -124,7 +140,14 @@ class DocumentService:
             if stored is None:
                 return None
             # Read without making it resident: a compile run does not keep documents loaded.
-            document = LiveDocument(key, self.library.text_name, stored)
+            try:
+                document = LiveDocument(key, self.library.text_name, stored)
+            except Exception:
+                logger.exception(
+                    "a stored document could not be read",
+                    extra={"event": "document_corrupt", "project_id": key.project_id},
+                )
+                raise unavailable("its stored state cannot be read") from None
         return DocumentContent(document.text(), document.encode())
 
     async def change(
@@ -139,19 +162,28 @@ class DocumentService:
         """Apply `update`, or insert `text` at the start, for a backend service; relay it to the
         project's clients and return once it is stored. With `only_new`, change nothing and
         return False unless the document is empty and was never stored."""
+        encoded = _utf8(text) if text is not None else b""
         user = "api:" + secrets.token_hex(4)
         document = await self.library.acquire(key, user)
         try:
             # No await between this check and the change: two concurrent creations on one
             # instance cannot both find the document new.
-            if only_new and (document.size or document.stored_seq or document.pending):
+            if only_new and document.written:
                 return False
+            if update == EMPTY_UPDATE and not only_new:
+                # Nothing to apply, relay or store (as for a client's): done once what came
+                # before it is stored.
+                self._admit(document, update)
+                tail = self._writer.tail(document)
+                if tail is not None:
+                    await self._writer.stored(tail)
+                return True
             if update is not None:
                 self._admit(document, update)
                 document.apply(update)
             else:
                 assert text is not None
-                self._admit(document, text.encode())
+                self._admit(document, encoded)
                 update = document.insert_text(text)
             write = self._writer.write(document, update)
             self._registry.publish_event(
@@ -166,6 +198,11 @@ class DocumentService:
             return True
         finally:
             self.library.release(document, user)
+
+    async def create(self, key: DocumentKey, author: tuple[str, str], text: str) -> bool:
+        """Seed a new document with `text`, relayed and stored like any change; False, and
+        nothing changed, if the document exists (even empty)."""
+        return await self.change(key, author, text=text, only_new=True)
 
     async def delete(self, key: DocumentKey) -> bool:
         document = self.library.resident(key)

@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from app.admission.auth import AuthService
 from app.broadcaster.base import Broadcaster
 from app.container import Container
+from app.documents.service import DocumentService
 from app.rooms.registry import RoomRegistry
 
 
@@ -34,6 +35,10 @@ def _broadcaster(connection: HTTPConnection) -> Broadcaster:
     return container_of(connection).broadcaster()
 
 
+def _documents(connection: HTTPConnection) -> DocumentService:
+    return container_of(connection).documents()
+
+
 def _stats_role(connection: HTTPConnection) -> str | None:
     role: str | None = container_of(connection).settings().stats_required_role
     return role
@@ -42,4 +47,5 @@ def _stats_role(connection: HTTPConnection) -> str | None:
 AuthDep = Annotated[AuthService, Depends(_auth)]
 RegistryDep = Annotated[RoomRegistry, Depends(_registry)]
 BroadcasterDep = Annotated[Broadcaster, Depends(_broadcaster)]
+DocumentsDep = Annotated[DocumentService, Depends(_documents)]
 StatsRoleDep = Annotated[str | None, Depends(_stats_role)]

@@ -78,7 +78,7 @@ ServiceDep = Annotated[Identity, Depends(service_identity)]
 ProjectId = Annotated[str, Path(description="1-128 characters of A-Z a-z 0-9 _ . -")]
 
 
-def _checked(project_id: str) -> str:
+def checked_project_id(project_id: str) -> str:
     if PROJECT_ID.fullmatch(project_id) is None:
         raise Refusal(
             "invalid_project_id",
@@ -124,7 +124,7 @@ async def publish_event(
     project_id: ProjectId, event: ProjectEvent, service: ServiceDep, registry: RegistryDep
 ) -> EventAccepted:
     delivered = registry.publish_event(
-        _checked(project_id),
+        checked_project_id(project_id),
         event.type,
         event.payload.relay(),
         user_id=service.user_id,
@@ -143,4 +143,6 @@ async def publish_event(
 async def disconnect_user(
     project_id: ProjectId, body: Revocation, service: ServiceDep, registry: RegistryDep
 ) -> RevocationAccepted:
-    return RevocationAccepted(closed_locally=registry.revoke(_checked(project_id), body.user_id))
+    return RevocationAccepted(
+        closed_locally=registry.revoke(checked_project_id(project_id), body.user_id)
+    )

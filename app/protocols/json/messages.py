@@ -52,7 +52,9 @@ DOCUMENT_TYPES = frozenset(
 )
 MAX_ERROR_DETAILS = 10
 
-DocumentId = Annotated[str, Field(min_length=1, max_length=256)]
+# The same bound for the backend API's document ids (app/routers/documents.py).
+MAX_DOCUMENT_ID = 256
+DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_DOCUMENT_ID)]
 Count = Annotated[int, Field(ge=0, strict=True)]
 
 
