@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 MAX_OPEN_DOCUMENTS = 64
 
 
+def deleted() -> Refusal:
+    return Refusal(
+        "document_deleted",
+        "this document was deleted: run the sync step to start it again as a new document",
+        status=404,
+    )
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -46,11 +54,19 @@ class Editor:
         self._uploads = Uploads(service.max_document_bytes)
         self._closed = False
 
-    async def _open(self, document_id: str) -> LiveDocument:
+    async def _open(self, document_id: str, *, reopen: bool = False) -> LiveDocument:
+        """The document, opened for this connection on first use. Once it was deleted through
+        the API only a new sync step opens it again (as a new, empty document): an update made
+        against the deleted one would land in a document that cannot place it."""
         document = self._documents.get(document_id)
-        if document is not None and not document.deleted:
-            return document
-        if document is None and len(self._documents) >= MAX_OPEN_DOCUMENTS:
+        if document is not None:
+            if not document.deleted:
+                return document
+            if not reopen:
+                raise deleted()
+            del self._documents[document_id]
+            self._service.library.release(document, self._connection.client_id)
+        if len(self._documents) >= MAX_OPEN_DOCUMENTS:
             raise Refusal(
                 "too_many_documents",
                 f"a connection may have at most {MAX_OPEN_DOCUMENTS} documents open",
@@ -67,7 +83,7 @@ class Editor:
     async def sync(self, document_id: str, state_vector: bytes) -> None:
         """Step 1 from the client: what it lacks, then the server's own step 1, then every
         awareness state of the document."""
-        document = await self._open(document_id)
+        document = await self._open(document_id, reopen=True)
         send = self._service.send
         connection = self._connection
         update = document.diff(state_vector)

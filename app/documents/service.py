@@ -4,6 +4,7 @@ API call, and the one place where an update is checked, applied, relayed and que
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.documents.document import EMPTY_UPDATE, LiveDocument, Write
-from app.documents.editor import Editor, b64
+from app.documents.editor import Editor, b64, deleted
 from app.documents.library import DocumentLibrary, unavailable
 from app.documents.store.base import DocumentKey, StoreError
 from app.documents.writer import DocumentWriter
@@ -20,6 +21,9 @@ from app.fanout.connection import Connection
 from app.rooms.registry import RoomRegistry
 
 logger = logging.getLogger("texflow.documents")
+
+# How long a delete waits for the document's pending writes before answering 503.
+_DELETE_PATIENCE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,7 @@ class DocumentService:
 
     def _admit(self, document: LiveDocument, update: bytes) -> None:
         if document.deleted:
-            raise Refusal("document_deleted", "this document was deleted", status=404)
+            raise deleted()
         if document.size + len(update) > self.max_document_bytes:
             raise too_large(self.max_document_bytes)
         self._writer.check_room(len(update))
@@ -205,11 +209,22 @@ class DocumentService:
         return await self.change(key, author, text=text, only_new=True)
 
     async def delete(self, key: DocumentKey) -> bool:
+        """Forget the document; its connected users are told with `error` `document_deleted`."""
         document = self.library.resident(key)
         if document is not None:
             document.deleted = True
-            await document.flushed.wait()
+            try:
+                # Its last writes first, or they would re-create it after the delete.
+                await asyncio.wait_for(document.flushed.wait(), _DELETE_PATIENCE)
+            except TimeoutError:
+                document.deleted = False
+                raise _store_down() from None
             self.library.forget(document)
+            for user in document.users:
+                connection = self._registry.member(key.project_id, user)
+                if connection is not None:
+                    payload = {**deleted().payload(), "document_id": key.document_id}
+                    self._registry.send(connection, "error", payload)
         try:
             return await self.library.store.delete(key)
         except StoreError:

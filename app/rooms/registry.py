@@ -119,6 +119,11 @@ class RoomRegistry:
     def room_counts(self) -> dict[str, int]:
         return {p: len(room.connections) for p, room in self._rooms.items() if room.connections}
 
+    def member(self, project_id: str, client_id: str) -> Connection | None:
+        """The connection `client_id` of the project, if it is on this instance."""
+        room = self._rooms.get(project_id)
+        return room.connections.get(client_id) if room is not None else None
+
     @property
     def connection_count(self) -> int:
         return self._connections

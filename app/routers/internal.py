@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 from starlette.responses import Response
 
 from app.admission.auth import AuthService, Identity
@@ -123,13 +124,21 @@ router = APIRouter(prefix="/internal", tags=["internal"], route_class=ServiceRou
 async def publish_event(
     project_id: ProjectId, event: ProjectEvent, service: ServiceDep, registry: RegistryDep
 ) -> EventAccepted:
-    delivered = registry.publish_event(
-        checked_project_id(project_id),
-        event.type,
-        event.payload.relay(),
-        user_id=service.user_id,
-        username=service.username,
-    )
+    try:
+        delivered = registry.publish_event(
+            checked_project_id(project_id),
+            event.type,
+            event.payload.relay(),
+            user_id=service.user_id,
+            username=service.username,
+        )
+    except PydanticSerializationError:
+        # Python's JSON parser takes lone surrogates ("\ud800"), which no UTF-8 can carry.
+        raise Refusal(
+            "invalid_request",
+            "the request failed validation: text must be valid Unicode",
+            status=422,
+        ) from None
     return EventAccepted(local_recipients=delivered)
 
 

@@ -234,3 +234,18 @@ async def test_stats_can_require_a_role() -> None:
             assert (plain.status_code, plain.json()["error"]) == (403, "forbidden")
             ops = server.token("ann", extra={"roles": ["ops"]})
             assert (await http.get("/stats", headers=bearer(ops))).status_code == 200
+
+
+async def test_an_event_with_text_no_utf8_can_carry_is_refused(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    # Valid JSON that Python's parser takes: a lone surrogate, which cannot be relayed.
+    body = '{"type": "document_update", "payload": {"x": "\\ud800"}}'
+    response = await http.post(
+        "/internal/projects/p/events",
+        content=body,
+        headers={**bearer(service_token(server)), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_request"
