@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -106,7 +106,12 @@ class YjsClient:
         # The server's side: acknowledgements of what this client sent, and its sync step.
         self.acks = 0
         self.expected_acks = 0
+        # What was sent and awaits its yjs_ack (in order), and what was acknowledged.
+        self.unacked: deque[bytes] = deque()
+        self.acknowledged: list[bytes] = []
         self.synced = False
+        # The server's own step 1 was answered: what we had that it lacked is on its way.
+        self.answered_server = False
         self._changed = anyio.Event()
 
     # The document
@@ -155,6 +160,7 @@ class YjsClient:
         }
         await send(self.ws, "yjs_update", payload)
         self.expected_acks += 1
+        self.unacked.append(update)
 
     @property
     def saved(self) -> bool:
@@ -164,7 +170,7 @@ class YjsClient:
     async def sync_with_server(self) -> None:
         """The server's sync step: send our state vector; the server answers with what we lack
         and its own state vector, which we answer with what it lacks (handled by `handle`)."""
-        self.synced = False
+        self.synced = self.answered_server = False
         await send(
             self.ws,
             "yjs_sync_step1",
@@ -285,7 +291,8 @@ class YjsClient:
         assert kind != "error", f"{self.name} got an error: {message}"
         if kind == "yjs_ack":
             self.acks += 1
-            assert self.acks <= self.expected_acks, f"{self.name} got more acks than it sent"
+            assert self.unacked, f"{self.name} got more acks than it sent"
+            self.acknowledged.append(self.unacked.popleft())
             return
         if payload.get("document_id") != self.document_id:
             self.foreign_documents += 1  # another file of the project: another Doc's business
@@ -307,6 +314,8 @@ class YjsClient:
                 {"document_id": self.document_id, "update": encode_bytes(diff, self.encoding)},
             )
             self.expected_acks += 1
+            self.unacked.append(diff)
+            self.answered_server = True
         elif kind == "yjs_awareness":
             assert isinstance(payload["update"], str), "awareness is relayed as base64"
             data = base64.b64decode(payload["update"], validate=True)
