@@ -176,6 +176,12 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.document_store_up = Gauge(
+            "websocket_document_store_up",
+            "0 from a failed document store call until the next one that succeeds, else 1.",
+            registry=self.registry,
+        )
+        self.document_store_up.set(1)
         self.document_compactions = Counter(
             "websocket_document_compactions_total",
             "Document logs replaced by a snapshot.",

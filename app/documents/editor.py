@@ -86,8 +86,17 @@ class Editor:
         document = await self._open(document_id, reopen=True)
         send = self._service.send
         connection = self._connection
+        # A document's state may be larger than the backlog allows: it is sent as a reply, one
+        # at a time, so a client that opens many large documents waits instead of being
+        # closed (and closed again after every reconnect).
+        await connection.drained()
         update = document.diff(state_vector)
-        send(connection, "yjs_sync_step2", {"document_id": document_id, "update": b64(update)})
+        send(
+            connection,
+            "yjs_sync_step2",
+            {"document_id": document_id, "update": b64(update)},
+            reply=True,
+        )
         send(
             connection,
             "yjs_sync_step1",

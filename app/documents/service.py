@@ -81,8 +81,15 @@ class DocumentService:
     def editor(self, connection: Connection) -> Editor:
         return Editor(self, connection)
 
-    def send(self, connection: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
-        self._registry.send(connection, message_type, payload)
+    def send(
+        self,
+        connection: Connection,
+        message_type: str,
+        payload: Mapping[str, Any],
+        *,
+        reply: bool = False,
+    ) -> None:
+        self._registry.send(connection, message_type, payload, reply=reply)
 
     def relay(self, sender: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
         self._registry.relay(sender, message_type, payload, applied=True)

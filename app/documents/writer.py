@@ -187,6 +187,7 @@ class DocumentWriter:
         self._metrics.document_store_errors.labels(operation).inc()
         if self.healthy:
             self.healthy = False
+            self._metrics.document_store_up.set(0)
             logger.error(
                 "the document store failed; updates are kept and retried",
                 extra={"event": "document_store_down", "operation": operation, "error": str(exc)},
@@ -195,6 +196,7 @@ class DocumentWriter:
     def _recovered(self) -> None:
         if not self.healthy:
             self.healthy = True
+            self._metrics.document_store_up.set(1)
             logger.info(
                 "the document store is back; pending updates are being stored",
                 extra={"event": "document_store_up", "pending_bytes": self.pending_bytes},

@@ -8,6 +8,7 @@ reconnects and resyncs. Nothing durable is ever dropped silently.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class Connection:
         "_backlog",
         "_backlog_bytes",
         "_binary",
+        "_drained",
         "_latest",
         "_limits",
         "_live",
@@ -95,28 +97,55 @@ class Connection:
         self._latest: dict[tuple[str, str], _Entry] = {}
         self._live = 0
         self._backlog_bytes = 0
+        # Futures of the session waiting for the backlog to empty (before a large reply).
+        self._drained: list[asyncio.Future[None]] | None = None
 
     @property
     def backlog(self) -> int:
         """Messages waiting for the socket buffer to drain."""
         return self._live
 
-    def send(self, event: RoomEvent) -> bool:
+    def send(self, event: RoomEvent, *, reply: bool = False) -> bool:
         """Encode `event` in this connection's protocol and deliver it; False when the
         protocol has no form for it."""
         data = self.codec.encode(event)
         if data is None:
             return False
-        self.deliver(data, event.type, event.author.client_id)
+        self.deliver(data, event.type, event.author.client_id, reply=reply)
         return True
 
+    async def drained(self) -> None:
+        """Until nothing waits in the backlog (or the connection closed)."""
+        if not self._backlog or self._transport.closed:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._drained is None:
+            self._drained = []
+        self._drained.append(future)
+        await future
+
+    def _wake(self) -> None:
+        waiting, self._drained = self._drained, None
+        for future in waiting or ():
+            if not future.done():
+                future.set_result(None)
+
     def deliver(
-        self, data: bytes, message_type: str, sender: str, frame: bytes | None = None
+        self,
+        data: bytes,
+        message_type: str,
+        sender: str,
+        frame: bytes | None = None,
+        *,
+        reply: bool = False,
     ) -> None:
         """Send `data` (a message in this connection's protocol) now if the socket takes it,
         else queue it under the overflow policy.
 
-        `frame` is `data` already framed, shared by every recipient of a broadcast."""
+        `frame` is `data` already framed, shared by every recipient of a broadcast. A `reply`
+        is what this connection asked for (a document's state, up to MAX_DOCUMENT_BYTES): it is
+        queued past the limits, which it alone may exceed, so that a large document never
+        closes its reader; the session waits for `drained` before the next one."""
         transport = self._transport
         backlog = self._backlog
         if not backlog:
@@ -138,8 +167,9 @@ class Connection:
                 previous.data = None
                 self._live -= 1
                 self._observer.coalesced(message_type)
-        if self._live >= self._limits.messages or (
-            self._backlog_bytes + len(data) > self._limits.bytes
+        if not reply and (
+            self._live >= self._limits.messages
+            or self._backlog_bytes + len(data) > self._limits.bytes
         ):
             if ephemeral:
                 self._observer.dropped(message_type)
@@ -173,6 +203,8 @@ class Connection:
         if not backlog:
             self._latest.clear()
             transport.on_drain(None)
+            if self._drained:
+                self._wake()
 
     def close(self, code: int, reason: str) -> None:
         """Close the WebSocket; the session's receive loop then sees the disconnect."""
@@ -180,4 +212,5 @@ class Connection:
         self._latest.clear()
         self._live = 0
         self._backlog_bytes = 0
+        self._wake()
         self._transport.close_with(code, reason)

@@ -257,12 +257,20 @@ class RoomRegistry:
         self._broadcaster.publish(event)
         return self._fan_out(room, event)
 
-    def send(self, connection: Connection, message_type: str, payload: Mapping[str, Any]) -> None:
-        """Send a server message to one connection, stamped with that connection's identity."""
+    def send(
+        self,
+        connection: Connection,
+        message_type: str,
+        payload: Mapping[str, Any],
+        *,
+        reply: bool = False,
+    ) -> None:
+        """Send a server message to one connection, stamped with that connection's identity
+        (`reply`: see Connection.deliver)."""
         event = RoomEvent(
             connection.project_id, message_type, to_json(payload), connection.author, time.time()
         )
-        if connection.send(event):
+        if connection.send(event, reply=reply):
             self._metrics.sent(message_type)
 
     def publish_event(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from app.errors import CloseCode
@@ -413,3 +415,53 @@ def test_close_discards_the_backlog_and_closes_the_transport(
     assert connection.backlog == 0
     assert full.closes == [(1012, "service restart")]
     assert observer.slow_closes == 0
+
+
+# Replies: what the connection asked for (a document's state)
+
+
+def test_a_reply_past_the_byte_limit_is_queued_not_a_close(
+    full: FakeTransport, observer: RecordingObserver
+) -> None:
+    connection = make_connection(full, observer, BacklogLimits(messages=1, bytes=10))
+    connection.deliver(b"12345", "document_update", "a")
+
+    connection.deliver(b"a whole large document", "yjs_sync_step2", "c1", reply=True)
+
+    assert full.closes == []
+    assert connection.backlog == 2
+    # The limits still hold for everything else.
+    connection.deliver(b"x", "document_update", "a")
+    assert full.closes == [(CloseCode.TRY_AGAIN_LATER, "slow consumer")]
+
+
+@pytest.mark.anyio
+async def test_drained_waits_for_the_backlog_to_empty(
+    full: FakeTransport, observer: RecordingObserver
+) -> None:
+    connection = make_connection(full, observer)
+    await connection.drained()  # nothing waits: returns at once
+    connection.deliver(b"big", "yjs_sync_step2", "c1", reply=True)
+    waiting = asyncio.ensure_future(connection.drained())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+
+    full.can_write = True
+    connection.flush()
+
+    await waiting
+    assert full.sent == [b"big"]
+
+
+@pytest.mark.anyio
+async def test_drained_returns_when_the_connection_closes(
+    full: FakeTransport, observer: RecordingObserver
+) -> None:
+    connection = make_connection(full, observer)
+    connection.deliver(b"big", "yjs_sync_step2", "c1", reply=True)
+    waiting = asyncio.ensure_future(connection.drained())
+    await asyncio.sleep(0)
+
+    connection.close(CloseCode.NORMAL, "bye")
+
+    await waiting
