@@ -42,7 +42,11 @@ class _Ack:
 
 
 class Editor:
-    """Created when a connection joins, closed when it leaves."""
+    """Created when a connection joins, closed when it leaves. Most connections of a relay
+    never touch a document: what only documents need is made on first use (an empty deque is
+    760 bytes, against about 17 KiB for a whole idle connection)."""
+
+    __slots__ = ("_acks", "_closed", "_connection", "_documents", "_service", "_uploads")
 
     def __init__(self, service: DocumentService, connection: Connection) -> None:
         self._service = service
@@ -50,8 +54,8 @@ class Editor:
         self._documents: dict[str, LiveDocument] = {}
         # Acknowledgements in the order their updates came, each sent once it and every one
         # before it is durable.
-        self._acks: deque[_Ack] = deque()
-        self._uploads = Uploads(service.max_document_bytes)
+        self._acks: deque[_Ack] | None = None
+        self._uploads: Uploads | None = None
         self._closed = False
 
     async def _open(self, document_id: str, *, reopen: bool = False) -> LiveDocument:
@@ -111,11 +115,14 @@ class Editor:
         others, stored, then acknowledged."""
         document = await self._open(document_id)
         ack = _Ack(document_id)
-        self._acks.append(ack)
+        if self._acks is None:
+            self._acks = deque()
+        acks = self._acks
+        acks.append(ack)
         try:
             write = self._service.accept(self._connection, document, update, origin)
         except BaseException:
-            self._acks.remove(ack)
+            acks.remove(ack)
             raise
         if write is None:
             self._ready(ack)
@@ -123,6 +130,8 @@ class Editor:
             write.then(lambda: self._ready(ack))
 
     async def part(self, document_id: str, index: int, data: bytes, final: bool) -> None:
+        if self._uploads is None:
+            self._uploads = Uploads(self._service.max_document_bytes)
         whole = self._uploads.add(document_id, index, data, final)
         if whole is not None:
             await self.update(document_id, whole, None)
@@ -140,6 +149,8 @@ class Editor:
     def _ready(self, ack: _Ack) -> None:
         ack.ready = True
         acks = self._acks
+        if acks is None:
+            return
         while acks and acks[0].ready:
             done = acks.popleft()
             if not self._closed:
@@ -149,8 +160,8 @@ class Editor:
         """Remove the connection's awareness states (telling the others) and stop using its
         documents. Updates not yet stored still are; only their acknowledgements are dropped."""
         self._closed = True
-        self._acks.clear()
-        self._uploads.clear()
+        self._acks = None
+        self._uploads = None
         library = self._service.library
         connection = self._connection
         for document_id, document in self._documents.items():
