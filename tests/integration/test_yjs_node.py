@@ -63,7 +63,10 @@ def installed_modules(npm: str) -> Path:
     with (NODE_CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / ".installed").exists():
-            shutil.rmtree(target, ignore_errors=True)
+            # Installs for older versions of package.json are not used again.
+            for folder in NODE_CACHE.iterdir():
+                if folder.is_dir():
+                    shutil.rmtree(folder, ignore_errors=True)
             target.mkdir()
             (target / "package.json").write_bytes(spec)
             try:
@@ -95,7 +98,9 @@ def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [node, "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()
     if int(version.lstrip("v").split(".")[0]) < 18:
-        pytest.fail(f"Node.js 18+ is required (for global btoa/atob), found {version}")
+        pytest.fail(
+            f"Node.js 18+ is required (for global btoa/atob), found {version}", pytrace=False
+        )
     modules = installed_modules(tool("npm"))
     folder = tmp_path_factory.mktemp("node-client")
     shutil.copy(CLIENT, folder / CLIENT.name)
