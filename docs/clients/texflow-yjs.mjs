@@ -32,10 +32,11 @@ export class TexflowYjs {
    * url: the `/ws/{project}?token=...` URL, or a function (possibly async) giving a fresh one
    * for every connection, so a reconnect carries an unexpired token.
    * maxMessageSize: the server's MAX_MESSAGE_SIZE less a margin; larger updates go in parts.
+   * interval: at most one update and one awareness message per document this often (ms).
    */
   constructor({ url, WebSocket = globalThis.WebSocket, maxMessageSize = 512 * 1024 - 1024,
-    minDelay = 250, maxDelay = 10_000 }) {
-    Object.assign(this, { url, WebSocket, maxMessageSize, minDelay, maxDelay });
+    interval = 50, minDelay = 250, maxDelay = 10_000 }) {
+    Object.assign(this, { url, WebSocket, maxMessageSize, interval, minDelay, maxDelay });
     this.documents = new Map();
     this.listeners = new Map();
     this.status = 'connecting'; // then 'connected', 'disconnected' (reconnecting), 'closed'
@@ -63,16 +64,20 @@ export class TexflowYjs {
   /** Start editing a document: it is synced now if connected, else once connected. */
   open(documentId, doc = new Y.Doc(), awareness = new awarenessProtocol.Awareness(doc)) {
     if (this.documents.has(documentId)) throw new Error(`${documentId} is already open`);
-    const d = { id: documentId, doc, awareness, synced: false, queue: [] };
+    const d = { id: documentId, doc, awareness, synced: false, queue: [], awarenessDirty: false,
+      lastFlush: 0, flushTimer: null };
     d.onUpdate = (update, origin) => {
       // Before the sync step's answer, local changes travel in that answer.
-      if (origin !== REMOTE && d.synced && d.queue.push(update) === 1) {
-        queueMicrotask(() => this.flush(d));
+      if (origin !== REMOTE && d.synced) {
+        d.queue.push(update);
+        this.later(d);
       }
       this.updateSaved();
     };
     d.onAwareness = (_changes, origin) => {
-      if (origin === 'local' && d.synced) this.sendAwareness(d);
+      if (origin !== 'local') return;
+      d.awarenessDirty = true;
+      this.later(d);
     };
     doc.on('update', d.onUpdate);
     awareness.on('update', d.onAwareness);
@@ -85,8 +90,9 @@ export class TexflowYjs {
   close(documentId) {
     const d = this.documents.get(documentId);
     if (!d) return;
-    this.flush(d);
     awarenessProtocol.removeAwarenessStates(d.awareness, [d.doc.clientID], 'local');
+    clearTimeout(d.flushTimer);
+    this.flush(d); // what is left to send, and our entry removed
     d.doc.off('update', d.onUpdate);
     d.awareness.off('update', d.onAwareness);
     this.documents.delete(documentId);
@@ -204,11 +210,29 @@ export class TexflowYjs {
     this.send('yjs_sync_step1', { document_id: d.id, state_vector: stateVector });
   }
 
+  later(d) {
+    // Past 100 messages a second the server drops messages, and it closes a connection that
+    // keeps trying (1008): send what accumulated, merged, at most once per interval.
+    if (d.flushTimer !== null) return;
+    const wait = Math.max(0, d.lastFlush + this.interval - Date.now());
+    d.flushTimer = setTimeout(() => {
+      d.flushTimer = null;
+      this.flush(d);
+    }, wait);
+  }
+
   flush(d) {
-    if (!d.queue.length || !d.synced) return;
-    const update = d.queue.length === 1 ? d.queue[0] : Y.mergeUpdates(d.queue);
-    d.queue = [];
-    this.sendUpdate(d, update, 'yjs_update');
+    d.lastFlush = Date.now();
+    if (!d.synced) return;
+    if (d.queue.length) {
+      const update = d.queue.length === 1 ? d.queue[0] : Y.mergeUpdates(d.queue);
+      d.queue = [];
+      this.sendUpdate(d, update, 'yjs_update');
+    }
+    if (d.awarenessDirty) {
+      d.awarenessDirty = false;
+      this.sendAwareness(d);
+    }
   }
 
   sendUpdate(d, update, type) {

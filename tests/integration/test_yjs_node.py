@@ -122,6 +122,19 @@ def server(database: Path) -> Iterator[ServerProcess]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the default rate limit, which the tests' fast editors exceed."""
+    database = tmp_path_factory.mktemp("limited") / "d.sqlite3"
+    env = {
+        "DOCUMENT_STORE": f"sqlite:///{database}",
+        "RATE_LIMIT_PER_SECOND": "100",
+        "RATE_LIMIT_BURST": "200",
+    }
+    with running_server(env) as running:
+        yield running
+
+
 def run(
     scripts: Path, server: ServerProcess, scenario: str, project: str, **options: Any
 ) -> dict[str, Any]:
@@ -137,6 +150,7 @@ def run(
         "paste_bytes": 0,
         "timeout_ms": WAIT_MS,
         "awareness_wait_ms": WAIT_MS,
+        "interval": None,
         "urls": {user: server.ws_url(project, server.token(user, ttl=ttl)) for user in users},
         **options,
     }
@@ -188,7 +202,8 @@ def assert_clean(client: dict[str, Any]) -> None:
 def test_three_editors_converge_with_the_server(
     scripts: Path, server: ServerProcess, database: Path
 ) -> None:
-    report = run(scripts, server, "concurrent", "node-concurrent", ops=300)
+    # Every change sent at once (no batching interval): as many updates crossing as can be.
+    report = run(scripts, server, "concurrent", "node-concurrent", ops=300, interval=0)
     writers, fresh = report["writers"], report["fresh"]
     text = writers[0]["text"]
     assert len(text) > 100
@@ -201,6 +216,18 @@ def test_three_editors_converge_with_the_server(
         assert writer["sent_types"].get("yjs_update", 0) > 10, writer
     # Acknowledged means stored: the store holds exactly what every client shows.
     assert stored_text(database, "node-concurrent") == text
+
+
+def test_editors_typing_past_the_rate_limit_stay_under_it(
+    scripts: Path, limited_server: ServerProcess
+) -> None:
+    # Thousands of edits in well under a second, far past 100 messages a second: the client
+    # merges what accumulates and sends at most once per interval, so nothing is dropped.
+    report = run(scripts, limited_server, "concurrent", "node-limited", ops=3000)
+    writers, fresh = report["writers"], report["fresh"]
+    for client in [*writers, fresh]:
+        assert_clean(client)
+        assert client["text"] == fresh["text"], client["name"]
 
 
 def test_a_newcomer_gets_the_text_with_nobody_online(

@@ -1,7 +1,8 @@
 // Runs one scenario of tests/integration/test_yjs_node.py with docs/clients/texflow-yjs.mjs.
 // Usage: node yjs_driver.mjs '<JSON config>'; prints one JSON object (the results) on stdout.
 // Config: {scenario, document_id, text_name, seed, ops, paste_bytes, timeout_ms,
-//          awareness_wait_ms, urls: {name: ws URL with a token, ...}}.
+//          awareness_wait_ms, interval (the client's; null: its default),
+//          urls: {name: ws URL with a token, ...}}.
 // Nothing sleeps: every wait re-checks its condition on each event and fails after timeout_ms.
 import WebSocket from 'ws';
 import * as Y from 'yjs';
@@ -86,6 +87,7 @@ function join(name) {
   }
   const client = new TexflowYjs({
     url: config.urls[name], WebSocket: CountingWebSocket, minDelay: 50, maxDelay: 1000,
+    interval: config.interval ?? undefined,
   });
   client.on('close', (event) => { record.closes.push(event.code); poke(); });
   client.on('error', (error) => { record.errors.push(error); poke(); });
