@@ -44,7 +44,8 @@ export class TexflowYjs {
     // Updates sent on this connection, and how many of them were acknowledged or refused.
     this.sent = this.acked = 0;
     this.lost = false; // an update was refused for good: the server lacks part of a document
-    this.attempts = this.retries = 0; // reconnects and sync retries since the last success
+    this.attempts = 0; // reconnects since the last that worked
+    this.retries = 0; // sync steps retried on this connection (the delay grows with them)
     this.ws = this.timer = this.retryTimer = null;
     this.stopped = false;
     this.connect();
@@ -128,7 +129,7 @@ export class TexflowYjs {
     if (ws !== this.ws) return;
     this.ws = null;
     // Unacknowledged updates may or may not be stored: the next sync step sends what is not.
-    this.sent = this.acked = 0;
+    this.sent = this.acked = this.retries = 0;
     this.lost = false;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
@@ -160,7 +161,6 @@ export class TexflowYjs {
       }
     } else if (type === 'yjs_ack') {
       this.acked += 1;
-      this.retries = 0;
       this.updateSaved();
     } else if (type === 'error') {
       this.refused(payload ?? {});
