@@ -1,8 +1,9 @@
 """Real Yjs documents (pycrdt, wire-compatible with Yjs) edited through the service.
 
 Clients edit one shared text concurrently, on one instance and across two on Redis, and every
-copy ends identical. A late joiner and a client cut off by a Redis outage catch up with the sync
-step of docs/yjs.md, which `tests.support.yjs.YjsClient` follows exactly. Nothing sleeps: each
+copy ends identical. A late joiner and a client cut off by a Redis outage catch up with the
+peer-to-peer sync step (the old flow of docs/yjs.md, still relayed), which
+`tests.support.yjs.YjsClient` follows exactly. Nothing sleeps: each
 phase ends with markers every client reads (each sender's order is kept, so a marker comes after
 everything its sender sent before it).
 """
@@ -71,7 +72,7 @@ async def join(
     specs: list[tuple[ServerProcess, str, Encoding]],
     present: list[YjsClient] | None = None,
 ) -> list[YjsClient]:
-    """Connect one client per spec, in order, each opening the document as docs/yjs.md says:
+    """Connect one client per spec, in order, each opening the document as the old flow says:
     every client already there reads the newcomer's user_joined (on a cluster, proof that the
     newcomer's instance is subscribed to the room), then the newcomer runs the sync step."""
     group = list(present or [])
@@ -110,7 +111,7 @@ async def converge(
 
 
 async def sync_round(group: list[YjsClient], requester: YjsClient, round_name: str) -> None:
-    """The sync step of docs/yjs.md: `requester` sends its state vector; every peer answers
+    """The peer-to-peer sync step: `requester` sends its state vector; every peer answers
     with its diff, its awareness and its reply; the requester answers each reply with its own
     diff. Peers mark the round done once they answered, the requester once every peer replied."""
     peers = {c.client_id for c in group} - {requester.client_id}
@@ -351,7 +352,7 @@ async def test_sync_step_after_redis_outage_heals_both_sides() -> None:
             await redis_state(one, two, connected=True)
 
             # The service sends no notice of the outage: a client runs the step on its own
-            # schedule (docs/yjs.md); here Bob does, once.
+            # schedule (the old flow); here Bob does, once.
             await sync_round(group, bob, "healed")
 
             final = assert_identical(group)

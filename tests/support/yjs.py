@@ -1,8 +1,11 @@
-"""A Yjs client over the service, written with pycrdt, following docs/yjs.md step by step.
+"""A Yjs client over the service, written with pycrdt, following the old peer-to-peer flow.
+
+That flow (docs/yjs.md, *The old peer-to-peer flow*) predates server-side documents: it still
+works through the relay, and the tests keep it working.
 
 One `YjsClient` is one browser tab editing one document: a pycrdt `Doc` with a shared `Text`,
 an `Awareness`, and the WebSocket it talks through. It sends every local change as a
-`yjs_update`, applies every remote one, and runs the sync step of docs/yjs.md: a
+`yjs_update`, applies every remote one, and runs the peer-to-peer sync step: a
 `document_update` `{"yjs_sync": "request", "state_vector"}` answered by each peer with the diff
 (a `yjs_update` with origin `sync`), its awareness, and a `{"yjs_sync": "reply", "to",
 "state_vector"}` that the requester answers with its own diff.
