@@ -830,6 +830,9 @@ def test_alert_rules_cover_the_failure_modes(alert_groups: list[dict[str, Any]])
         "websocket_messages_received_total",
         "websocket_rejected_upgrades_total",
         "http_requests_total",
+        "websocket_document_store_up",
+        "websocket_document_pending_bytes",
+        "websocket_document_store_errors_total",
     } <= used
     redis = [
         rule
