@@ -10,8 +10,13 @@ WORKDIR /srv
 COPY pyproject.toml README.md ./
 COPY config/constraints.txt ./config/constraints.txt
 COPY app ./app
+# The default DOCUMENT_STORE, sqlite:///data/documents.sqlite3, is relative to the WORKDIR:
+# /srv/data must exist and belong to the runtime user (SQLite also writes its -wal and -shm
+# files beside the database). Documents stay in the container unless a volume is mounted there
+# (docker run -v texflow-documents:/srv/data ...; a new named volume takes this folder's owner).
 RUN pip install -c config/constraints.txt . \
-    && useradd --system --uid 10001 --no-create-home texflow
+    && useradd --system --uid 10001 --no-create-home texflow \
+    && install -d -o texflow -g texflow -m 0750 /srv/data
 
 USER 10001
 ENV ENVIRONMENT=production \

@@ -13,7 +13,7 @@ import copy
 import json
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio
@@ -27,7 +27,13 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.settings import MIN_PRODUCTION_SECRET_BYTES, Settings, SettingsError, parse_duration
+from app.settings import (
+    DEFAULT_DOCUMENT_STORE,
+    MIN_PRODUCTION_SECRET_BYTES,
+    Settings,
+    SettingsError,
+    parse_duration,
+)
 from app.upgrade.server import uvicorn_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +41,7 @@ KUBERNETES = ROOT / "config" / "kubernetes"
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yaml"
 DASHBOARD = ROOT / "config" / "grafana" / "texflow-websocket-dashboard.json"
 SETTINGS_SOURCE = ROOT / "app" / "settings.py"
+DOCKERFILE = ROOT / "Dockerfile"
 
 # A Prometheus scrape_configs entry kept next to the manifests; not a Kubernetes object.
 SCRAPE_CONFIG = KUBERNETES / "prometheus-scrape.yaml"
@@ -352,6 +359,58 @@ def test_env_comes_from_the_configmap_the_secret_and_the_pod_name(
     assert {"secretRef": {"name": secret["metadata"]["name"]}} in sources
     env = {item["name"]: item for item in container.get("env", [])}
     assert env["INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def _image_workdir() -> PurePosixPath:
+    workdirs = re.findall(r"^WORKDIR\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.M)
+    assert workdirs, "the Dockerfile sets no WORKDIR"
+    return PurePosixPath(workdirs[-1])
+
+
+def _sqlite_folder(store: str, working_directory: PurePosixPath) -> PurePosixPath:
+    """The folder of a sqlite:///PATH store, PATH relative to the working directory unless it
+    is absolute (sqlite:////abs)."""
+    assert store.startswith("sqlite:///"), f"expected a sqlite:/// store, got {store!r}"
+    return (working_directory / store.removeprefix("sqlite:///")).parent
+
+
+def test_the_document_store_is_on_a_writable_volume(
+    deployment: Mapping[str, Any], config_env: Mapping[str, str]
+) -> None:
+    # The root filesystem is read-only: the store's folder must be a volume mount.
+    container = _container(deployment)
+    env = {item["name"]: item for item in container.get("env", [])}
+    store = env["DOCUMENT_STORE"]["value"] if "DOCUMENT_STORE" in env else None
+    store = store or config_env.get("DOCUMENT_STORE")
+    assert store, "set DOCUMENT_STORE explicitly, next to the volume it points into"
+    settings = Settings.from_env(
+        {**config_env, "DOCUMENT_STORE": store, "JWT_SECRET": "s" * MIN_PRODUCTION_SECRET_BYTES}
+    )
+    assert settings.document_store == store
+    folder = _sqlite_folder(store, PurePosixPath(container.get("workingDir", _image_workdir())))
+    mounts = [
+        mount
+        for mount in container.get("volumeMounts", [])
+        if folder == PurePosixPath(mount["mountPath"])
+        or PurePosixPath(mount["mountPath"]) in folder.parents
+    ]
+    assert len(mounts) == 1, f"no volume is mounted at {folder} (or above it)"
+    (mount,) = mounts
+    assert not mount.get("readOnly"), "SQLite writes its database, -wal and -shm files there"
+    volumes = {v["name"]: v for v in _dig(deployment, "spec", "template", "spec", "volumes")}
+    volume = volumes[mount["name"]]
+    assert {"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys(), volume
+
+
+def test_the_image_creates_the_default_document_folder() -> None:
+    # `make run` and a plain `docker run` use the default, relative to the working directory;
+    # the image's user cannot create a folder in it.
+    folder = _sqlite_folder(DEFAULT_DOCUMENT_STORE, _image_workdir())
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(
+        rf"install -d -o texflow -g texflow .*\s{re.escape(str(folder))}$", dockerfile, re.M
+    )
+    assert "useradd --system --uid 10001 --no-create-home texflow" in dockerfile
 
 
 def test_service_and_selectors_match_the_pods(
@@ -830,6 +889,9 @@ def test_alert_rules_cover_the_failure_modes(alert_groups: list[dict[str, Any]])
         "websocket_messages_received_total",
         "websocket_rejected_upgrades_total",
         "http_requests_total",
+        "websocket_document_store_up",
+        "websocket_document_pending_bytes",
+        "websocket_document_store_errors_total",
     } <= used
     redis = [
         rule
