@@ -76,11 +76,14 @@ class AwarenessStates:
         return _encode([(client, entry.clock, entry.state) for client, entry in live])
 
     def remove_owner(self, owner: str) -> bytes | None:
-        """Remove the live states `owner` announced; the update that tells the others, or None."""
+        """Remove the live states `owner` announced; the update that tells the others, or None.
+
+        The removal keeps the entry's clock, as the y-websocket server's does: a null state at
+        the same clock removes it everywhere, and the client's next announcement (its clock + 1)
+        is taken at once when it reconnects. A higher clock would make that one look stale."""
         removed: list[tuple[int, int, str]] = []
         for client, entry in self._entries.items():
             if entry.owner == owner and entry.state != NULL_STATE:
-                entry.clock += 1
                 entry.state = NULL_STATE
                 removed.append((client, entry.clock, NULL_STATE))
         return _encode(removed) if removed else None

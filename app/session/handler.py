@@ -293,7 +293,8 @@ class SessionHandler:
             elif isinstance(message, YjsAwareness):
                 await editor.awareness(message.payload.document_id, message.payload.update)
         except Refusal as error:
-            return self._refuse(connection, error)
+            # Which document it was about: a client with several open can tell.
+            return self._refuse(connection, error, getattr(message.payload, "document_id", None))
         except Exception:
             self._failed(connection)
         return True
@@ -348,7 +349,12 @@ class SessionHandler:
         )
         return True
 
-    def _refuse(self, connection: Connection, error: Refusal) -> bool:
+    def _refuse(
+        self, connection: Connection, error: Refusal, document_id: str | None = None
+    ) -> bool:
         self._metrics.received("invalid")
-        self._registry.send(connection, "error", error.payload())
+        payload = error.payload()
+        if document_id is not None:
+            payload["document_id"] = document_id
+        self._registry.send(connection, "error", payload)
         return error.code in _NOT_THE_CLIENTS_FAULT

@@ -18,7 +18,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.test_ws_contract import RELAYS
-from tests.support.clients import close_code, member, open_ws, receive, receive_type, send
+from tests.support.clients import (
+    close_code,
+    member,
+    open_ws,
+    pong_after_acks,
+    receive,
+    receive_type,
+    send,
+)
 from tests.support.cluster import cluster as shared_cluster
 from tests.support.cluster import redis_state
 from tests.support.redis_server import RedisServer, running_redis
@@ -122,7 +130,7 @@ async def test_every_type_crosses_instances(
         assert (relayed["user_id"], relayed["username"]) == ("ann", "Ann")
         assert relayed["client_id"] == ann_state["client_id"]
         await send(ann, "ping")
-        await receive_type(ann, "pong")
+        await pong_after_acks(ann)
 
 
 async def collect(ws: ClientConnection, senders: int) -> dict[str, list[int]]:

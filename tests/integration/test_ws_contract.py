@@ -14,7 +14,15 @@ import pytest
 from jose import jwt
 from websockets.exceptions import InvalidStatus
 
-from tests.support.clients import RawClient, member, open_ws, receive, receive_type, send
+from tests.support.clients import (
+    RawClient,
+    member,
+    open_ws,
+    pong_after_acks,
+    receive,
+    receive_type,
+    send,
+)
 from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
 from tests.support.yjs import b64, typed_update
@@ -215,7 +223,7 @@ async def test_every_client_type_is_relayed_with_the_stamped_envelope(
         assert TIMESTAMP.match(relayed["timestamp"])
         # No echo to the sender: its next message is the answer to its own ping.
         await send(ann, "ping")
-        await receive_type(ann, "pong")
+        await pong_after_acks(ann)
 
 
 async def test_relay_reaches_the_same_users_other_tab_but_not_the_sender(

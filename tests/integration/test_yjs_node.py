@@ -288,12 +288,6 @@ def test_a_dropped_connection_reconnects_and_syncs_both_ways(
     assert stored_text(database, "node-reconnect") == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: on close the server removes an awareness entry at the entry's clock + 1 "
-    "(AwarenessStates.remove_owner), so the owner's re-announcement at its next clock is "
-    "refused by the server and by every y-protocols client; it reappears ~15-30 s later",
-)
 def test_awareness_is_back_right_after_a_reconnect(reconnected: dict[str, Any]) -> None:
     assert reconnected["bob_sees_alice_again"]
 

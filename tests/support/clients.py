@@ -45,6 +45,13 @@ async def receive_type(ws: ClientConnection, message_type: str) -> dict[str, Any
     return message
 
 
+async def pong_after_acks(ws: ClientConnection) -> None:
+    """Read up to the pong of a ping just sent: only acknowledgements (`yjs_ack`, which come
+    when the store has the update, before or after the pong) may come first."""
+    while (message := await receive(ws))["type"] != "pong":
+        assert message["type"] == "yjs_ack", f"expected pong, got {message}"
+
+
 async def close_code(ws: ClientConnection) -> int | None:
     """Read until the server closes the connection; the close code it sent."""
     with anyio.fail_after(RECEIVE_TIMEOUT):

@@ -29,18 +29,25 @@ def test_the_latest_state_of_each_client_is_kept_and_encoded() -> None:
     assert len(states) == 3
 
 
-def test_closing_a_connection_removes_its_states_with_a_higher_clock() -> None:
+def test_closing_a_connection_removes_its_states_at_their_clock() -> None:
     states = AwarenessStates()
     states.apply(_encode([(1, 4, '{"name":"ann"}')]), "conn-a")
     states.apply(_encode([(2, 1, '{"name":"bob"}')]), "conn-b")
 
     removal = states.remove_owner("conn-a")
 
-    assert removal == _encode([(1, 5, "null")])
+    assert removal == _encode([(1, 4, "null")])
+    # What y-protocols does with it: the state it held at clock 4 is gone.
+    peer = Awareness(Doc())
+    peer.apply_awareness_update(_encode([(1, 4, '{"name":"ann"}')]), "remote")
+    peer.apply_awareness_update(removal, "remote")
+    assert 1 not in peer.states
     assert states.remove_owner("conn-a") is None
     encoded = states.encode()
     assert encoded is not None
     assert states_of(encoded) == {2: {"name": "bob"}}
+    # Back after a reconnect, at its next clock: taken at once.
+    assert states.apply(_encode([(1, 5, '{"name":"ann"}')]), "conn-a2")
 
 
 @pytest.mark.parametrize(
