@@ -87,6 +87,7 @@ class LiveDocument:
         # Writes accepted but not yet stored, in order; their drain is the writer's.
         self.pending: deque[Write] = deque()
         self.draining = False
+        self.compacting = False
         # Set whenever `pending` empties: what an unload waits for.
         self.flushed = asyncio.Event()
         self.flushed.set()

@@ -109,15 +109,33 @@ class DocumentWriter:
         return left
 
     async def compact(self, document: LiveDocument) -> None:
-        """Replace the document's stored log with a snapshot (when it has a log)."""
-        if document.appends_since_compaction == 0 or document.stored_seq == 0:
+        """Replace the document's stored log with a snapshot (when it has a log). One at a
+        time per document: an older snapshot landing after a newer one would be refused."""
+        if (
+            document.compacting
+            or document.appends_since_compaction == 0
+            or document.stored_seq == 0
+        ):
             return
-        snapshot, through, entries = document.snapshot()
+        document.compacting = True
         try:
+            snapshot, through, entries = document.snapshot()
             await self._store.compact(document.key, snapshot, through)
         except StoreError as exc:
             self._failed("compact", exc)
             return
+        except Exception:
+            # A compaction is an optimisation: its failure never stops the writes behind it.
+            logger.exception(
+                "a compaction failed",
+                extra={
+                    "event": "document_compaction_failed",
+                    "project_id": document.key.project_id,
+                },
+            )
+            return
+        finally:
+            document.compacting = False
         self._recovered()
         document.compacted(snapshot, entries)
         self._metrics.document_compactions.inc()
@@ -142,6 +160,18 @@ class DocumentWriter:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX)
                     continue
+                except Exception:
+                    # A fault of ours, not the store's: the writes stay pending and are tried
+                    # again, never dropped; the log says so at every try.
+                    logger.exception(
+                        "storing a document's updates failed",
+                        extra={
+                            "event": "document_writer_failed",
+                            "project_id": document.key.project_id,
+                        },
+                    )
+                    await asyncio.sleep(_RETRY_MAX)
+                    continue
                 delay = _RETRY_FIRST
                 self._metrics.document_store_seconds.observe(time.perf_counter() - started)
                 self._recovered()
@@ -157,12 +187,6 @@ class DocumentWriter:
         except asyncio.CancelledError:
             self.unstored += len(pending)
             raise
-        except Exception:
-            logger.exception(
-                "the document writer failed",
-                extra={"event": "document_writer_failed", "project_id": document.key.project_id},
-            )
-            self.unstored += len(pending)
         finally:
             document.draining = False
             if not pending:

@@ -18,6 +18,7 @@ class FlakyStore(MemoryStore):
         self.loads = 0
         self.appends = 0
         self.failed_appends = 0
+        self.compactions = 0
         self.release_loads = asyncio.Event()
         self.release_loads.set()
 
@@ -38,4 +39,7 @@ class FlakyStore(MemoryStore):
     async def compact(self, key: DocumentKey, snapshot: bytes, through_seq: int) -> None:
         if self.failing:
             raise StoreError("disk on fire")
+        self.compactions += 1
+        # A real store's compaction takes a while: another caller may come meanwhile.
+        await asyncio.sleep(0)
         await super().compact(key, snapshot, through_seq)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -141,3 +142,39 @@ async def test_stop_gives_up_on_what_the_store_never_took(caplog: pytest.LogCapt
 
     assert not write.durable
     assert "document_writes_lost" in [getattr(r, "event", None) for r in caplog.records]
+
+
+async def test_a_fault_of_ours_keeps_the_writes_and_tries_again() -> None:
+    class Broken(FlakyStore):
+        broken = True
+
+        async def append(self, key: DocumentKey, update: bytes) -> int:
+            if self.broken:
+                self.broken = False
+                raise RuntimeError("a bug, not the disk")
+            return await super().append(key, update)
+
+    store = Broken()
+    writer = writer_for(store)
+    document = LiveDocument(KEY, "content", None)
+    write = accept(writer, document, typing("a")[0])
+
+    await writer.stored(write)
+
+    assert store.appends == 1
+
+
+async def test_compactions_of_one_document_never_overlap() -> None:
+    store = FlakyStore()
+    writer = writer_for(store)
+    document = LiveDocument(KEY, "content", None)
+    for update in typing("abc"):
+        await writer.stored(accept(writer, document, update))
+
+    await asyncio.gather(writer.compact(document), writer.compact(document))
+
+    assert store.compactions == 1
+    stored = await store.load(KEY)
+    assert stored is not None
+    assert stored.snapshot is not None
+    assert LiveDocument(KEY, "content", stored).text() == "abc"
