@@ -23,9 +23,10 @@ logger = logging.getLogger("texflow.documents")
 
 # Yjs's encoding of an update that holds nothing.
 EMPTY_UPDATE = b"\x00\x00"
-# Updates one client sent out of order that yrs has not fully integrated yet: kept to be
-# applied again. Past this many, the oldest are left to the store's log (a reload has them).
-MAX_UNSETTLED = 256
+# Updates yrs holds back for a missing dependency, kept to be applied again until they are
+# integrated (and carried in snapshots and diffs meanwhile). Each later update re-applies them,
+# so they are bounded: past this, an update that would be held back too is refused.
+MAX_UNSETTLED_BYTES = 256 * 1024
 _SYSTEM_EXITS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
@@ -33,20 +34,42 @@ def invalid_update(why: str) -> Refusal:
     return Refusal("invalid_update", f"expected a Yjs update (v1 encoding): {why}")
 
 
-def _plausible(update: bytes) -> None:
-    """Refuse an update whose first count claims more entries than it has bytes: yrs reserves
-    memory for that count before reading any (5 bytes made it allocate 518 MiB)."""
+def _plausible(data: bytes) -> bool:
+    """False for bytes whose first count claims more entries than they have bytes: yrs reserves
+    memory for that count before reading any (5 bytes made it allocate 518 MiB), in updates and
+    state vectors alike."""
     try:
-        clients = Reader(update).var_uint()
+        count = Reader(data).var_uint()
     except Truncated:
-        raise invalid_update("it ends inside its first number") from None
-    if clients > len(update):
-        raise invalid_update(f"it claims {clients} clients in {len(update)} bytes")
+        return False
+    return count <= len(data)
 
 
-def _holds_structs(update: bytes) -> bool:
-    # A v1 update starts with the number of clients whose structs it carries.
-    return update[0] != 0
+def _clocks(state: bytes) -> dict[int, int]:
+    reader = Reader(state)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
+
+
+def _uncovered(update: bytes, state: bytes) -> bool:
+    """Whether `update` holds something a Doc at `state` has not integrated: structs past its
+    state vector, or deletions of items it has not got (both held back by yrs, and missing
+    from every encoding of the Doc)."""
+    diff = get_update(update, state)
+    # A v1 update: the number of clients with structs, then theirs, then the delete set.
+    if diff[0] != 0:
+        return True
+    if len(diff) <= 2:
+        return False
+    clocks = _clocks(state)
+    reader = Reader(diff)
+    reader.var_uint()
+    for _ in range(reader.var_uint()):
+        client = reader.var_uint()
+        known = clocks.get(client, 0)
+        for _ in range(reader.var_uint()):
+            if reader.var_uint() + reader.var_uint() > known:
+                return True
+    return False
 
 
 class Write:
@@ -98,19 +121,49 @@ class LiveDocument:
         self._base: bytes | None = stored.snapshot if stored else None
         self._log: list[bytes] = list(stored.updates) if stored else []
         self.size = len(self._base or b"") + sum(map(len, self._log))
-        self._unsettled: deque[bytes] = deque(maxlen=MAX_UNSETTLED)
+        self._unsettled: list[bytes] = []
         self._captured: list[bytes] = []
         self._doc = self._build()
 
     def _build(self) -> Doc[Text]:
+        """A Doc holding the snapshot and the log. They are merged and applied at once: applied
+        one by one in arrival order, yrs can lose an update that came before its dependency
+        (docs/documents.md); merged, each client's structs come in order."""
         # Observed from the start, before any stored state is applied: a change made by the
         # server itself (seeding from text) is captured whatever came before it.
         doc: Doc[Text] = Doc()
         doc.observe(self._on_change)
-        for update in ([self._base] if self._base else []) + self._log:
-            doc.apply_update(update)
+        parts = ([self._base] if self._base else []) + self._log
+        if len(parts) == 1:
+            doc.apply_update(parts[0])
+        elif parts:
+            try:
+                merged = merge_updates(*parts)
+            except Exception:
+                # Bytes yrs applies but cannot merge (trailing junk): one by one, repaired below.
+                for part in parts:
+                    doc.apply_update(part)
+            else:
+                doc.apply_update(merged)
+        state = doc.get_state()
+        self._unsettled = [part for part in parts if _uncovered(part, state)]
+        self._repair(doc, state)
         self._captured.clear()
         return doc
+
+    def _repair(self, doc: Doc[Text], state: bytes) -> None:
+        # yrs can drop an update it held back for a missing dependency when a later one was
+        # integrated across the gap (docs/documents.md): apply what the Doc has not integrated
+        # again, until it stops changing anything.
+        while self._unsettled:
+            waiting = self._unsettled
+            for held in waiting:
+                doc.apply_update(held)
+            after = doc.get_state()
+            self._unsettled = [held for held in waiting if _uncovered(held, after)]
+            if after == state:
+                break
+            state = after
 
     def _on_change(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)
@@ -122,12 +175,15 @@ class LiveDocument:
 
     def diff(self, state_vector: bytes) -> bytes:
         """What a peer at `state_vector` lacks (held-back updates included)."""
+        refusal = Refusal(
+            "invalid_state_vector", "expected a Yjs state vector (Y.encodeStateVector)"
+        )
+        if not _plausible(state_vector):
+            raise refusal
         try:
             update = self._doc.get_update(state_vector)
         except ValueError:
-            raise Refusal(
-                "invalid_state_vector", "expected a Yjs state vector (Y.encodeStateVector)"
-            ) from None
+            raise refusal from None
         if self._unsettled:
             update = merge_updates(update, *self._unsettled)
         return update
@@ -149,10 +205,10 @@ class LiveDocument:
     def apply(self, update: bytes) -> None:
         """Apply a Yjs update and keep it for the store; Refusal (`invalid_update`) when the
         bytes are not one, with the document as it was."""
-        _plausible(update)
-        doc = self._doc
+        if not _plausible(update):
+            raise invalid_update("its first count is larger than the update")
         try:
-            doc.apply_update(update)
+            self._doc.apply_update(update)
         except ValueError as exc:
             raise invalid_update(str(exc).split(":")[0]) from None
         except _SYSTEM_EXITS:
@@ -160,41 +216,48 @@ class LiveDocument:
         except BaseException as exc:
             # yrs failed part-way (RuntimeError, or a Rust panic, which is a BaseException):
             # the Doc may hold part of the update. Rebuild it from what was accepted.
+            self._rebuild(exc)
+            raise invalid_update("it does not fit the document") from None
+        try:
+            self._settle(update)
+        except Refusal:
+            self._rebuild(None)
+            raise
+        except _SYSTEM_EXITS:
+            raise
+        except BaseException as exc:
+            # Applying a held-back update again failed the same way.
+            self._rebuild(exc)
+            raise invalid_update("it does not fit the document") from None
+        self._captured.clear()
+        self._log.append(update)
+        self.size += len(update)
+
+    def _rebuild(self, cause: BaseException | None) -> None:
+        """Back to exactly what was accepted: the snapshot and the log, without the update
+        that was being applied."""
+        if cause is not None:
             logger.warning(
                 "an update failed part-way; rebuilding the document",
                 extra={
                     "event": "document_rebuilt",
                     "project_id": self.key.project_id,
-                    "error": type(exc).__name__,
+                    "error": type(cause).__name__,
                 },
             )
-            self._doc = self._build()
-            raise invalid_update("it does not fit the document") from None
-        self._captured.clear()
-        self._settle(update)
-        self._log.append(update)
-        self.size += len(update)
+        self._doc = self._build()
 
     def _settle(self, update: bytes) -> None:
-        # yrs can drop an update it held back for a missing dependency when a later one was
-        # integrated across the gap (docs/documents.md): keep what the state vector does not
-        # cover yet, and apply it again until it does.
+        # Keep what the Doc has not integrated yet, and apply it again until it has.
         state = self._doc.get_state()
-        if _holds_structs(get_update(update, state)):
+        if _uncovered(update, state):
+            if sum(map(len, self._unsettled)) + len(update) > MAX_UNSETTLED_BYTES:
+                raise invalid_update(
+                    "it depends on updates the server does not have, and too many such wait "
+                    "already: run the sync step"
+                )
             self._unsettled.append(update)
-        elif not self._unsettled:
-            return
-        while self._unsettled:
-            waiting = list(self._unsettled)
-            self._unsettled.clear()
-            for held in waiting:
-                self._doc.apply_update(held)
-            after = self._doc.get_state()
-            self._unsettled.extend(u for u in waiting if _holds_structs(get_update(u, after)))
-            if after == state:
-                break
-            state = after
-        self._captured.clear()
+        self._repair(self._doc, state)
 
     def insert_text(self, text: str) -> bytes:
         """Insert `text` at the start of the document's text; the update it made."""
@@ -211,11 +274,10 @@ class LiveDocument:
     def snapshot(self) -> tuple[bytes, int, int]:
         """(a snapshot of everything applied, the seq it covers at least, the number of log
         entries that seq covers), for the store's `compact`."""
+        snapshot = self._doc.get_update()
         if self._unsettled:
-            # Held-back parts are in no encoding of the Doc: merge the raw updates instead.
-            snapshot = merge_updates(*([self._base] if self._base else []), *self._log)
-        else:
-            snapshot = self._doc.get_update()
+            # Held-back parts are in no encoding of the Doc: merged in, raw.
+            snapshot = merge_updates(snapshot, *self._unsettled)
         return snapshot, self.stored_seq, self._stored_entries
 
     def compacted(self, snapshot: bytes, entries: int) -> None:

@@ -205,6 +205,9 @@ class Connection:
             transport.on_drain(None)
             if self._drained:
                 self._wake()
+        elif transport.closed and self._drained:
+            # Nothing more will drain: whoever waits for it must not wait forever.
+            self._wake()
 
     def close(self, code: int, reason: str) -> None:
         """Close the WebSocket; the session's receive loop then sees the disconnect."""

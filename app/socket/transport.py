@@ -70,6 +70,9 @@ class GatewayProtocol(ClientFaultsProtocol):
         self.writable = Flag(True)  # type: ignore[assignment]
         self._drain_callback: Callable[[], None] | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
+        # The socket buffer's size when the deadline was armed: a reader that took some of it
+        # meanwhile is slow, not stalled, and gets another WS_WRITE_WAIT.
+        self._buffered_at_deadline = 0
 
     @property
     def close_sent(self) -> bool:
@@ -183,7 +186,11 @@ class GatewayProtocol(ClientFaultsProtocol):
         super().pause_writing()
         self._clear = False
         if self._write_deadline is None:
-            self._write_deadline = self.loop.call_later(self.write_wait, self._write_timed_out)
+            self._arm_write_deadline()
+
+    def _arm_write_deadline(self) -> None:
+        self._buffered_at_deadline = self.transport.get_write_buffer_size()
+        self._write_deadline = self.loop.call_later(self.write_wait, self._write_timed_out)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -198,12 +205,20 @@ class GatewayProtocol(ClientFaultsProtocol):
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None
-        self._drain_callback = None
+        callback, self._drain_callback = self._drain_callback, None
         super().connection_lost(exc)
+        if callback is not None:
+            # The backlog's owner learns that nothing more will drain (a session waiting for
+            # its backlog to empty must not wait forever).
+            callback()
 
     def _write_timed_out(self) -> None:
         self._write_deadline = None
         if self.closed:
+            return
+        if self.transport.get_write_buffer_size() < self._buffered_at_deadline:
+            # Progress: a large message (a document's state) on a slow link is not a stall.
+            self._arm_write_deadline()
             return
         self.queue.put_nowait(
             {

@@ -7,7 +7,7 @@ import itertools
 import pytest
 from pycrdt import Doc, Text, TransactionEvent
 
-from app.documents.document import LiveDocument
+from app.documents.document import MAX_UNSETTLED_BYTES, LiveDocument
 from app.documents.store.base import DocumentKey, StoredDocument
 from app.errors import Refusal
 
@@ -160,4 +160,70 @@ def test_text_is_inserted_at_the_start_and_its_update_returned() -> None:
 def test_a_state_vector_that_is_not_one_is_refused() -> None:
     with pytest.raises(Refusal) as refused:
         empty().diff(b"\xff")
+    assert refused.value.code == "invalid_state_vector"
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_a_log_stored_out_of_order_loads_whole(order: tuple[int, ...]) -> None:
+    final, updates = edits()
+    stored = StoredDocument(None, 0, [updates[i] for i in order], 4)
+
+    assert LiveDocument(KEY, "content", stored).text() == final
+
+
+def test_an_update_held_back_across_a_reload_is_integrated_when_its_dependency_comes() -> None:
+    final, updates = edits()
+    first = empty()
+    for index in (0, 2, 3):
+        first.apply(updates[index])
+    first.stored(3, 3)
+    snapshot, through, entries = first.snapshot()
+    first.compacted(snapshot, entries)
+
+    reloaded = LiveDocument(KEY, "content", StoredDocument(snapshot, through, [], through))
+    reloaded.apply(updates[1])
+
+    assert reloaded.text() == final
+
+
+def test_a_deletion_that_comes_before_its_insertion_survives_compaction() -> None:
+    doc: Doc[Text] = Doc()
+    text = doc.get("content", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    text.insert(0, "abc")
+    del text[1:2]
+    insertion, deletion = updates
+
+    document = empty()
+    document.apply(deletion)  # of items the server has not got yet
+    snapshot, _, _ = document.snapshot()
+    rebuilt = LiveDocument(KEY, "content", StoredDocument(snapshot, 1, [insertion], 2))
+    document.apply(insertion)
+
+    assert document.text() == "ac"
+    assert rebuilt.text() == "ac"
+
+
+def test_held_back_updates_are_bounded() -> None:
+    doc: Doc[Text] = Doc()
+    text = doc.get("content", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    text.insert(0, "x")
+    for _ in range(3):
+        text.insert(len(text), "y" * (MAX_UNSETTLED_BYTES // 2))
+    document = empty()
+    document.apply(updates[1])  # waits for the first
+    with pytest.raises(Refusal) as refused:
+        document.apply(updates[2])
+
+    assert refused.value.code == "invalid_update"
+    document.apply(updates[0])
+    assert document.text() == "x" + "y" * (MAX_UNSETTLED_BYTES // 2)
+
+
+def test_a_state_vector_claiming_more_than_it_holds_is_refused_at_once() -> None:
+    with pytest.raises(Refusal) as refused:
+        empty().diff(bytes.fromhex("80c6868f01"))
     assert refused.value.code == "invalid_state_vector"

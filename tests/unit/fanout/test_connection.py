@@ -465,3 +465,19 @@ async def test_drained_returns_when_the_connection_closes(
     connection.close(CloseCode.NORMAL, "bye")
 
     await waiting
+
+
+@pytest.mark.anyio
+async def test_drained_returns_when_the_peer_is_lost(
+    full: FakeTransport, observer: RecordingObserver
+) -> None:
+    connection = make_connection(full, observer)
+    connection.deliver(b"big", "yjs_sync_step2", "c1", reply=True)
+    waiting = asyncio.ensure_future(connection.drained())
+    await asyncio.sleep(0)
+
+    # What the transport does when the connection is lost: the drain callback, once.
+    full.closed = True
+    connection.flush()
+
+    await waiting
