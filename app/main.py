@@ -44,11 +44,16 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         try:
             yield
         finally:
-            await reclaimer.stop()
-            await registry.stop()
-            # After the sessions: their last updates are stored, then the store closes.
-            await library.stop(patience=settings.shutdown_drain)
-            await store.stop()
+            try:
+                await reclaimer.stop()
+                await registry.stop()
+            finally:
+                # After the sessions: their last updates are stored, then the store closes,
+                # whatever happened before.
+                try:
+                    await library.stop(patience=settings.shutdown_drain)
+                finally:
+                    await store.stop()
 
     app = FastAPI(
         title="texflow-websocket",

@@ -16,6 +16,10 @@ from app.documents.lib0 import Reader, Truncated, write_var_string, write_var_ui
 NULL_STATE = "null"
 # Live states per document. A tab has one; thousands means a client inventing ids.
 MAX_STATES = 1024
+# A state is a name, a colour and a cursor: a few hundred bytes. Every joiner gets them all,
+# so a document's states are bounded in bytes too.
+MAX_STATE_BYTES = 16 * 1024
+MAX_STATES_BYTES = 1024 * 1024
 
 
 class AwarenessRefused(ValueError):
@@ -33,11 +37,13 @@ class _Entry:
 class AwarenessStates:
     """The latest state of each awareness client of one document."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_bytes", "_entries")
 
     def __init__(self) -> None:
         # Removed entries are kept (state "null") only for their clock, until the cap needs room.
         self._entries: dict[int, _Entry] = {}
+        # The live states' JSON, in characters.
+        self._bytes = 0
 
     def __len__(self) -> int:
         return sum(1 for entry in self._entries.values() if entry.state != NULL_STATE)
@@ -47,9 +53,12 @@ class AwarenessStates:
         Raises AwarenessRefused and changes nothing when the bytes are not an update."""
         changes = _decode(update)
         live = len(self)
+        size = self._bytes
         entries = self._entries
         accepted: list[tuple[int, int, str]] = []
         for client, clock, state in changes:
+            if len(state) > MAX_STATE_BYTES:
+                raise AwarenessRefused(f"expected a state of at most {MAX_STATE_BYTES} bytes")
             current = entries.get(client)
             if current is not None and not (
                 current.clock < clock
@@ -58,9 +67,15 @@ class AwarenessStates:
                 continue
             was_live = current is not None and current.state != NULL_STATE
             live += (state != NULL_STATE) - was_live
+            size += _live_size(state) - (_live_size(current.state) if current else 0)
             accepted.append((client, clock, state))
         if live > MAX_STATES:
             raise AwarenessRefused(f"expected at most {MAX_STATES} awareness states a document")
+        if size > MAX_STATES_BYTES:
+            raise AwarenessRefused(
+                f"expected at most {MAX_STATES_BYTES} bytes of awareness states a document"
+            )
+        self._bytes = size
         for client, clock, state in accepted:
             entries[client] = _Entry(clock, state, owner)
         if len(entries) > 2 * MAX_STATES:
@@ -84,9 +99,14 @@ class AwarenessStates:
         removed: list[tuple[int, int, str]] = []
         for client, entry in self._entries.items():
             if entry.owner == owner and entry.state != NULL_STATE:
+                self._bytes -= len(entry.state)
                 entry.state = NULL_STATE
                 removed.append((client, entry.clock, NULL_STATE))
         return _encode(removed) if removed else None
+
+
+def _live_size(state: str) -> int:
+    return 0 if state == NULL_STATE else len(state)
 
 
 def _decode(update: bytes) -> list[tuple[int, int, str]]:

@@ -111,6 +111,7 @@ class LiveDocument:
         self.pending: deque[Write] = deque()
         self.draining = False
         self.compacting = False
+        self.waiters: set[asyncio.Future[None]] = set()
         # Set whenever `pending` empties: what an unload waits for.
         self.flushed = asyncio.Event()
         self.flushed.set()
@@ -164,6 +165,21 @@ class LiveDocument:
             if after == state:
                 break
             state = after
+
+    def flushed_then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once no write is pending (now if none is)."""
+        if not self.pending:
+            callback()
+            return
+
+        async def later() -> None:
+            await self.flushed.wait()
+            callback()
+
+        # Owned by the event loop only until the writes are stored: the writer's drain sets
+        # `flushed` or is cancelled at shutdown, when the library cancels what is left.
+        self.waiters.add(task := asyncio.ensure_future(later()))
+        task.add_done_callback(self.waiters.discard)
 
     def _on_change(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -44,14 +45,26 @@ class DocumentHooks:
         document = self._library.resident(key)
         if document is None or document.deleted:
             return
+        writer = self._library.writer
         try:
             if event.type == "yjs_awareness":
                 document.awareness.apply(data, event.author.client_id)
             elif data != EMPTY_UPDATE:
                 document.apply(data)
-                self._library.writer.write(document, data)
+                # Accepted and stored where it was sent: stored here too only within this
+                # instance's bound, so a store that fails here keeps memory bounded.
+                if writer.has_room(len(data)):
+                    writer.write(document, data)
         except (Refusal, AwarenessRefused) as exc:
             logger.warning(
                 "an update from another instance does not apply here",
                 extra={"event": "remote_update_refused", "error": str(exc)},
+            )
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            raise
+        except BaseException:
+            # Never into the broadcaster's listener: the other events must still get through.
+            logger.exception(
+                "applying an update from another instance failed",
+                extra={"event": "remote_update_failed", "project_id": event.project_id},
             )

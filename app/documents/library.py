@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
 
 from app.documents.document import LiveDocument
 from app.documents.store.base import DocumentKey, DocumentStore, StoreError
@@ -49,6 +52,13 @@ class DocumentLibrary:
         self._idle_since: dict[DocumentKey, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._per_project: Counter[str] = Counter()
+        self._max_per_project = max(min(max_resident, 16), max_resident // 4)
+        # Keys being deleted: a load waits for the delete (set when it is done).
+        self._deleting: dict[DocumentKey, asyncio.Event] = {}
+        self._loads_failing = False
+        # Callers waiting for a load: the document is not idle until they have taken it.
+        self._waiting: Counter[DocumentKey] = Counter()
 
     @property
     def store(self) -> DocumentStore:
@@ -68,12 +78,26 @@ class DocumentLibrary:
     def forget(self, document: LiveDocument) -> None:
         """Drop a deleted document at once, users or not."""
         if self._documents.get(document.key) is document:
-            del self._documents[document.key]
-            self._gauge()
+            self._drop(document)
         timer = self._timers.pop(document.key, None)
         if timer is not None:
             timer.cancel()
         self._idle_since.pop(document.key, None)
+
+    @contextlib.asynccontextmanager
+    async def deleting(self, key: DocumentKey) -> AsyncIterator[LiveDocument | None]:
+        """Hold back every load of `key` while the caller deletes it; yields the document if it
+        is resident (or was being loaded)."""
+        done = asyncio.Event()
+        self._deleting[key] = done
+        try:
+            loading = self._loading.get(key)
+            if loading is not None:
+                await asyncio.wait({loading})
+            yield self._documents.get(key)
+        finally:
+            del self._deleting[key]
+            done.set()
 
     def resident(self, key: DocumentKey) -> LiveDocument | None:
         return self._documents.get(key)
@@ -86,16 +110,29 @@ class DocumentLibrary:
         Raises Refusal (`document_unavailable`) when it cannot be loaded."""
         if self._stopping:
             raise unavailable("the service is restarting")
+        deleting = self._deleting.get(key)
+        if deleting is not None:
+            # Not before the delete is done: a load now would read the row being deleted.
+            await deleting.wait()
         document = self._documents.get(key)
         if document is None:
             loading = self._loading.get(key)
             if loading is None:
-                self._make_room()
+                self._make_room(key.project_id)
                 loading = asyncio.create_task(self._load(key), name="document load")
                 self._loading[key] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(key, None))
             # shield: one caller that gives up does not cancel the load the others share.
-            document = await asyncio.shield(loading)
+            self._waiting[key] += 1
+            try:
+                document = await asyncio.shield(loading)
+            finally:
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+                    if loading.done() and not loading.cancelled() and not loading.exception():
+                        # Loaded for callers that all gave up: it goes idle at once.
+                        self._idle(loading.result())
         self._use(document, user)
         return document
 
@@ -109,13 +146,23 @@ class DocumentLibrary:
     def release(self, document: LiveDocument, user: str) -> None:
         """`user` no longer uses the document; the last one out starts the grace period."""
         document.users.discard(user)
-        if document.users or self._documents.get(document.key) is not document:
+        self._idle(document)
+
+    def _idle(self, document: LiveDocument) -> None:
+        """Start the grace period of a resident document nobody uses (once)."""
+        key = document.key
+        if (
+            document.users
+            or key in self._waiting
+            or key in self._timers
+            or self._documents.get(key) is not document
+        ):
             return
-        self._idle_since[document.key] = time.monotonic()
+        self._idle_since[key] = time.monotonic()
         if self._stopping:
             return
         loop = asyncio.get_running_loop()
-        self._timers[document.key] = loop.call_later(self._grace, self._unload_later, document)
+        self._timers[key] = loop.call_later(self._grace, self._unload_later, document)
 
     async def _load(self, key: DocumentKey) -> LiveDocument:
         started = time.perf_counter()
@@ -123,15 +170,21 @@ class DocumentLibrary:
             stored = await self._store.load(key)
         except StoreError as exc:
             self._metrics.document_store_errors.labels("load").inc()
-            logger.warning(
-                "a document could not be loaded",
-                extra={
-                    "event": "document_load_failed",
-                    "project_id": key.project_id,
-                    "error": str(exc),
-                },
-            )
+            if self._loads_failing is False:
+                # Once until a load succeeds again, however many clients retry meanwhile.
+                self._loads_failing = True
+                logger.warning(
+                    "documents cannot be loaded: the store does not answer",
+                    extra={
+                        "event": "document_load_failed",
+                        "project_id": key.project_id,
+                        "error": str(exc),
+                    },
+                )
             raise unavailable("its store does not answer") from None
+        if self._loads_failing:
+            self._loads_failing = False
+            logger.info("documents load again", extra={"event": "document_load_recovered"})
         try:
             document = LiveDocument(key, self._text_name, stored)
         except Exception:
@@ -143,21 +196,43 @@ class DocumentLibrary:
             raise unavailable("its stored state cannot be read") from None
         self._metrics.document_load_seconds.observe(time.perf_counter() - started)
         self._documents[key] = document
+        self._per_project[key.project_id] += 1
         self._gauge()
+        # Every caller gave up while it loaded: nobody will use it, so it goes idle now. (Those
+        # still waiting are counted in _waiting until they have taken it.)
+        self._idle(document)
         return document
 
-    def _make_room(self) -> None:
-        """At the residency limit, unload the document idle the longest; refuse if none is."""
-        if len(self._documents) + len(self._loading) < self._max_resident:
+    def _make_room(self, project_id: str) -> None:
+        """At the residency limit, unload the document idle the longest; refuse if none is.
+        A project may hold a quarter of the instance's documents at most (its idle ones go
+        first): one user opening documents by the hundred cannot lock other projects out."""
+        if self._per_project[project_id] >= self._max_per_project:
+            if not self._evict(project_id):
+                raise unavailable(
+                    f"a project may have {self._max_per_project} documents open on one instance"
+                )
+            # That one makes room for this one on the instance too.
             return
-        candidates = [k for k in self._idle_since if k in self._documents]
-        if not candidates:
+        full = len(self._documents) + len(self._loading) >= self._max_resident
+        if full and not self._evict(None):
             raise unavailable(f"this instance holds its limit of {self._max_resident} documents")
+
+    def _evict(self, project_id: str | None) -> bool:
+        """Start unloading the document idle the longest (of `project_id`, if given)."""
+        candidates = [
+            key
+            for key in self._idle_since
+            if key in self._documents and (project_id is None or key.project_id == project_id)
+        ]
+        if not candidates:
+            return False
         oldest = min(candidates, key=self._idle_since.__getitem__)
         timer = self._timers.pop(oldest, None)
         if timer is not None:
             timer.cancel()
         self._unload_later(self._documents[oldest])
+        return True
 
     def _unload_later(self, document: LiveDocument) -> None:
         self._timers.pop(document.key, None)
@@ -176,13 +251,21 @@ class DocumentLibrary:
             logger.exception(
                 "unloading a document failed", extra={"event": "document_unload_failed"}
             )
-        if (
-            not document.users
-            and not document.pending
-            and (self._documents.get(document.key) is document)
-        ):
-            del self._documents[document.key]
-            self._gauge()
+        if self._documents.get(document.key) is not document:
+            return
+        if not document.users and not document.pending:
+            self._drop(document)
+        else:
+            # A user came back, or a write came (from another instance) meanwhile: it stays,
+            # and goes idle again once that is over.
+            document.flushed_then(lambda: self._idle(document))
+
+    def _drop(self, document: LiveDocument) -> None:
+        del self._documents[document.key]
+        self._per_project[document.key.project_id] -= 1
+        if not self._per_project[document.key.project_id]:
+            del self._per_project[document.key.project_id]
+        self._gauge()
 
     def _gauge(self) -> None:
         self._metrics.documents_resident.set(len(self._documents))
@@ -197,8 +280,12 @@ class DocumentLibrary:
             timer.cancel()
         self._timers.clear()
         # Unloads only wait for the writer, which stops next and stores what it can.
-        for task in list(self._tasks):
+        waiters = [w for d in self._documents.values() for w in d.waiters]
+        doomed: list[asyncio.Future[Any]] = [*self._tasks, *self._loading.values(), *waiters]
+        for task in doomed:
             task.cancel()
+        if self._loading:
+            await asyncio.wait(set(self._loading.values()))
         if self._tasks:
             await asyncio.wait(set(self._tasks))
         await self._writer.stop(patience)

@@ -216,23 +216,30 @@ class DocumentService:
         return await self.change(key, author, text=text, only_new=True)
 
     async def delete(self, key: DocumentKey) -> bool:
-        """Forget the document; its connected users are told with `error` `document_deleted`."""
-        document = self.library.resident(key)
-        if document is not None:
-            document.deleted = True
+        """Forget the document; its connected users are told with `error` `document_deleted`.
+        No load of it starts until the store has deleted it, or the row being deleted could
+        be read back and written again."""
+        async with self.library.deleting(key) as document:
+            if document is not None:
+                document.deleted = True
+                try:
+                    # Its last writes first, or they would re-create it after the delete.
+                    await asyncio.wait_for(document.flushed.wait(), _DELETE_PATIENCE)
+                except TimeoutError:
+                    document.deleted = False
+                    raise _store_down() from None
             try:
-                # Its last writes first, or they would re-create it after the delete.
-                await asyncio.wait_for(document.flushed.wait(), _DELETE_PATIENCE)
-            except TimeoutError:
-                document.deleted = False
+                existed = await self.library.store.delete(key)
+            except StoreError:
+                if document is not None:
+                    document.deleted = False
                 raise _store_down() from None
+            if document is None:
+                return existed
             self.library.forget(document)
             for user in document.users:
                 connection = self._registry.member(key.project_id, user)
                 if connection is not None:
                     payload = {**deleted().payload(), "document_id": key.document_id}
                     self._registry.send(connection, "error", payload)
-        try:
-            return await self.library.store.delete(key)
-        except StoreError:
-            raise _store_down() from None
+            return True

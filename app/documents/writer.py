@@ -15,14 +15,14 @@ import time
 from pycrdt import merge_updates
 
 from app.documents.document import LiveDocument, Write
-from app.documents.store.base import DocumentStore, StoreError
+from app.documents.store.base import DocumentStore, StoreBusy, StoreError
 from app.errors import Refusal
 from app.metrics import Metrics
 
 logger = logging.getLogger("texflow.documents")
 
 # One append carries at most this much; a document's backlog after an outage goes in steps.
-_BATCH_BYTES = 4 * 1024 * 1024
+_BATCH_BYTES = 1024 * 1024
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
 
@@ -47,12 +47,17 @@ class DocumentWriter:
         # False from the first failed store call until the next one that succeeds: one log
         # line each way, however many documents are waiting.
         self.healthy = True
-        # Writes given up on: cancelled at shutdown or stopped by a fault of ours.
+        # Writes given up on at shutdown.
         self.unstored = 0
+        # After stop: writes are queued (and never acknowledged), no drain starts.
+        self._stopped = False
+
+    def has_room(self, size: int) -> bool:
+        return self.pending_bytes + size <= self._max_pending
 
     def check_room(self, size: int) -> None:
         """Refuse an update that would take the unstored backlog past its bound."""
-        if self.pending_bytes + size > self._max_pending:
+        if not self.has_room(size):
             raise Refusal(
                 "store_unavailable",
                 "changes cannot be saved right now; this one was not applied: "
@@ -67,7 +72,7 @@ class DocumentWriter:
         document.flushed.clear()
         self.pending_bytes += len(update)
         self._metrics.document_pending_bytes.set(self.pending_bytes)
-        if not document.draining:
+        if not document.draining and not self._stopped:
             document.draining = True
             task = asyncio.create_task(self._drain(document), name="document writer")
             self._tasks.add(task)
@@ -94,6 +99,7 @@ class DocumentWriter:
 
     async def stop(self, patience: float) -> int:
         """Wait up to `patience` s for pending writes; returns how many were not stored."""
+        self._stopped = True
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=patience)
         for task in list(self._tasks):
@@ -155,6 +161,10 @@ class DocumentWriter:
                 started = time.perf_counter()
                 try:
                     seq = await self._append(document, batch)
+                except StoreBusy:
+                    # The store is healthy and full of other documents' writes: wait a turn.
+                    await asyncio.sleep(_RETRY_FIRST)
+                    continue
                 except StoreError as exc:
                     self._failed("append", exc)
                     await asyncio.sleep(delay)

@@ -295,7 +295,10 @@ class SessionHandler:
         except Refusal as error:
             # Which document it was about: a client with several open can tell.
             return self._refuse(connection, error, getattr(message.payload, "document_id", None))
-        except Exception:
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            raise
+        except BaseException:
+            # A Rust panic from yrs is a BaseException: a fault of ours, never the session's end.
             self._failed(connection)
         return True
 

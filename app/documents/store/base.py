@@ -41,6 +41,10 @@ class StoreError(Exception):
     may retry. The message is safe to log."""
 
 
+class StoreBusy(StoreError):
+    """The store works but has more waiting than it takes at once: try again shortly."""
+
+
 class DocumentStore(Protocol):
     """Durable Yjs documents, keyed by (project, document).
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 from app.documents.store.base import (
     DocumentInfo,
     DocumentKey,
+    StoreBusy,
     StoredDocument,
     StoreError,
     check_compaction,
@@ -360,7 +361,7 @@ class SqliteStore:
             self._backlog >= self._max_backlog
             or self._backlog_bytes + operation.size > self._max_backlog_bytes
         ):
-            raise StoreError("store backlog full")
+            raise StoreBusy("store backlog full")
         self._backlog += 1
         self._backlog_bytes += operation.size
         operation.future = threads.loop.create_future()

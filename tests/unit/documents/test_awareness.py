@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pycrdt import Awareness, Doc
 
-from app.documents.awareness import MAX_STATES, AwarenessRefused, AwarenessStates, _encode
+from app.documents.awareness import (
+    MAX_STATE_BYTES,
+    MAX_STATES,
+    MAX_STATES_BYTES,
+    AwarenessRefused,
+    AwarenessStates,
+    _encode,
+)
 
 
 def states_of(data: bytes) -> dict[int, object]:
@@ -76,3 +83,18 @@ def test_more_live_states_than_the_cap_are_refused_whole() -> None:
     with pytest.raises(AwarenessRefused):
         states.apply(_encode([(MAX_STATES + 1, 0, "{}")]), "conn-b")
     assert len(states) == MAX_STATES
+
+
+def test_states_are_bounded_in_bytes() -> None:
+    states = AwarenessStates()
+    big = '{"x":"' + "a" * (MAX_STATE_BYTES - 8) + '"}'
+    with pytest.raises(AwarenessRefused):
+        states.apply(_encode([(1, 0, '{"x":"' + "a" * MAX_STATE_BYTES + '"}')]), "conn-a")
+    count = MAX_STATES_BYTES // len(big)
+    states.apply(_encode([(c, 0, big) for c in range(count)]), "conn-a")
+
+    with pytest.raises(AwarenessRefused):
+        states.apply(_encode([(count, 0, big)]), "conn-b")
+    # A removal makes room again.
+    states.remove_owner("conn-a")
+    assert states.apply(_encode([(count, 0, big)]), "conn-b")

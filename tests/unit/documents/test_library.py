@@ -109,3 +109,30 @@ async def test_at_the_limit_the_idle_document_goes_first_and_busy_ones_refuse() 
     with pytest.raises(Refusal) as refused:
         await library.acquire(DocumentKey("p", "4"), "a")
     assert refused.value.code == "document_unavailable"
+
+
+async def test_a_load_waits_for_a_delete_in_progress() -> None:
+    store = FlakyStore()
+    await store.append(KEY, typing("x")[0])
+    library = library_for(store)
+    async with library.deleting(KEY):
+        loading = asyncio.create_task(library.acquire(KEY, "a"))
+        await until(lambda: store.loads == 0 and not loading.done())
+        await store.delete(KEY)
+    document = await loading
+
+    assert document.text() == ""
+
+
+async def test_a_document_loaded_for_callers_that_gave_up_still_unloads() -> None:
+    store = FlakyStore()
+    library = library_for(store)
+    store.release_loads.clear()
+    caller = asyncio.create_task(library.acquire(KEY, "a"))
+    await until(lambda: store.loads == 1)
+    caller.cancel()
+    store.release_loads.set()
+
+    # Without anyone to release it, it would stay resident for good.
+    await until(lambda: KEY not in library._loading and library.resident(KEY) is None)
+    assert library.writer.pending_bytes == 0
