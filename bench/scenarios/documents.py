@@ -10,9 +10,11 @@ import base64
 import functools
 import json
 import statistics
+import tempfile
 import time
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pycrdt import Doc, Text, read_message
@@ -20,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from app.documents.store import DocumentKey, SqliteStore
+from bench.documents import fsync_latency
 from bench.kinds import DOCUMENT_KINDS, SERVICE, YWEBSOCKET
 from bench.loadgen import Client, Health, Meter, close_all, connect, now_ns, paced, quiet, settle
 from bench.measure import Window, latency_ms
@@ -67,6 +70,8 @@ ROOM_TYPIST, LONE_TYPIST = 2_874_419_234, 1_318_057_771
 PART_BYTES = 256 * 1024
 # Connections (and documents) that warm a server up before its memory is read.
 WARM = 20
+# What `join_once` times, each summarised by its median.
+JOIN_TIMINGS = ("total_ms", "connect_ms", "step1_to_step2_ms", "decode_and_apply_ms")
 
 
 @dataclass
@@ -458,50 +463,74 @@ async def join_once(kind: str, server: Process, index: int, length: int) -> dict
     }
 
 
-async def late_joiner(kind: str, plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
-    """A document of `late_document_bytes` characters put on a fresh server by a first client,
-    which stays (the document stays in memory, as while someone edits it); then joiners one
-    at a time."""
-    server = await start(kind, pinning, plan)
+async def joiners(
+    kind: str, server: Process, count: int, first: int, length: int, core: int | None
+) -> dict[str, Any]:
+    """`count` late joiners one after the other, under one CPU window (a single sync is too
+    short for /proc's ticks), for `quietly`."""
+    cpu = Window.open({kind: server}, core)
+    runs = []
+    for index in range(first, first + count):
+        runs.append(await join_once(kind, server, index, length))
+        await asyncio.sleep(0.2)
+    return {"joins": runs, "cpu": cpu.close()}
+
+
+async def late_joiner(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
+    """A document of `late_document_bytes` characters put on each server by a first client,
+    which stays (the document stays in memory, as while someone edits it); after one join
+    each to warm up (Node compiles its code paths on first use), rounds of `late_joiners`
+    joiners, alternating between the servers as B alternates rooms, a round taken again
+    while the machine is busy."""
     update = document_update(plan.late_document_bytes, seed=7)
     doc: Doc[Text] = Doc()
     doc.apply_update(update)
     length = len(doc.get(TEXT_NAME, type=Text))
+    core = pinning.server_core
+    servers: dict[str, Process] = {}
+    creators: list[ClientConnection] = []
+    result: dict[str, Any] = {"characters": length, "update_bytes": len(update)}
     try:
-        async with ws_connect(
-            url(kind, server, "docs-late", 0), compression=None, max_size=None, ping_interval=None
-        ) as creator:
+        for kind in DOCUMENT_KINDS:
+            servers[kind] = await start(kind, pinning, plan)
+            creator = await ws_connect(
+                url(kind, servers[kind], "docs-late", 0),
+                compression=None,
+                max_size=None,
+                ping_interval=None,
+            )
+            creators.append(creator)
             began = time.monotonic()
             await upload(kind, creator, update)
-            upload_s = time.monotonic() - began
-            runs = []
-            # One window over all the joiners: a single sync is too short for /proc's ticks.
-            cpu = Window.open({kind: server}, pinning.server_core)
-            for index in range(plan.late_joiners):
-                runs.append(await join_once(kind, server, index + 1, length))
-                await asyncio.sleep(0.3)
-            usage = cpu.close()
-        result = {
-            "characters": length,
-            "update_bytes": len(update),
-            "upload_seconds": round(upload_s, 3),
-            **{
-                f"{key}_median": summarize(runs, key)
-                for key in ("total_ms", "connect_ms", "step1_to_step2_ms", "decode_and_apply_ms")
-            },
-            "runs": runs,
-            "cpu": usage,
-        }
-        log(
-            f"E {kind:11} late joiner, {length:,} characters ({len(update):,} bytes of update): "
-            f"{result['total_ms_median']} ms median (step 1 -> step 2 "
-            f"{result['step1_to_step2_ms_median']} ms; runs "
-            + ", ".join(f"{run['total_ms']:.0f}" for run in runs)
-            + ")"
-        )
+            warm = await join_once(kind, servers[kind], 1, length)
+            result[kind] = {"upload_seconds": round(time.monotonic() - began, 3), "warm": warm}
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in DOCUMENT_KINDS}
+        first = 2
+        for repeat in range(plan.repeats):
+            order = DOCUMENT_KINDS if repeat % 2 == 0 else DOCUMENT_KINDS[::-1]
+            for kind in order:
+                measure = functools.partial(
+                    joiners, kind, servers[kind], plan.late_joiners, first, length, core
+                )
+                rounds[kind].append(await quietly(plan, measure))
+                first += plan.late_joiners * (1 + plan.noise_retries)
+        for kind in DOCUMENT_KINDS:
+            runs = [run for kept in rounds[kind] for run in kept["joins"]]
+            result[kind].update({f"{key}_median": summarize(runs, key) for key in JOIN_TIMINGS})
+            result[kind]["rounds"] = rounds[kind]
+            log(
+                f"E {kind:11} late joiner, {length:,} characters ({len(update):,} bytes of "
+                f"update): {result[kind]['total_ms_median']} ms median (step 1 -> step 2 "
+                f"{result[kind]['step1_to_step2_ms_median']} ms; joins "
+                + ", ".join(f"{run['total_ms']:.0f}" for run in runs)
+                + ")"
+            )
         return result
     finally:
-        server.stop()
+        for creator in creators:
+            await creator.close()
+        for server in servers.values():
+            server.stop()
 
 
 async def scenario_e(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
@@ -509,12 +538,18 @@ async def scenario_e(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
     versions = peer_versions()
     log("E y-websocket: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
     outcome = Outcome(details={"peer": versions})
+    # The floor of an acknowledgement: the store commits with synchronous=FULL, one fsync
+    # per batch, on the disk of the temporary directory where the service keeps it.
+    with tempfile.TemporaryDirectory(prefix="bench-fsync-") as directory:
+        p50, p99 = await asyncio.to_thread(fsync_latency, Path(directory))
+    outcome.details["fsync_4kib_ms"] = {"p50": round(p50, 3), "p99": round(p99, 3)}
+    log(f"E write + fsync of 4 KiB on the store's disk: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     fan = await fan_out(plan, pinning, log)
     memory = {
         SERVICE: await memory_service(plan, pinning, log),
         YWEBSOCKET: await memory_peer(plan, pinning, log),
     }
-    late = {kind: await late_joiner(kind, plan, pinning, log) for kind in DOCUMENT_KINDS}
+    late = await late_joiner(plan, pinning, log)
     outcome.details.update({"fan_out": fan, "memory": memory, "late_joiner": late})
     s, y = fan[SERVICE], fan[YWEBSOCKET]
     size = plan.document_room
