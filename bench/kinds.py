@@ -1,6 +1,9 @@
-"""The two kinds of server every scenario runs side by side: the service and the reference."""
+"""The kinds of server the scenarios run side by side: the service and the reference relay
+(A-D), and the service and the y-websocket server for documents (E)."""
 
 from __future__ import annotations
 
 SERVICE, REFERENCE = "service", "reference"
 KINDS = (SERVICE, REFERENCE)
+YWEBSOCKET = "y-websocket"
+DOCUMENT_KINDS = (SERVICE, YWEBSOCKET)

@@ -4,7 +4,9 @@ A `websockets` client costs more per message than the server it measures, so cli
 bare `asyncio.Protocol`s: the opening handshake is written by hand, server frames (unmasked)
 are parsed with offsets into the received bytes, pings are answered with masked pongs, and
 text frames go to a shared `Sink` that counts them and, when asked, reads the send time the
-sender put in the message to record latencies. The sender writes masked frames (RFC 6455).
+sender put in the message to record latencies (binary frames, which only the y-websocket
+server of scenario E sends, go to the sink's `binary`). The sender writes masked frames
+(RFC 6455).
 
 Time is `time.perf_counter_ns()` (CLOCK_MONOTONIC on Linux, one clock for every process).
 """
@@ -104,6 +106,10 @@ class Sink:
         rooms[sent] = count
         if count == self.recipients:
             self.room_samples.append(now - sent)
+
+    def binary(self, data: bytes, start: int, end: int, now: int) -> None:
+        """A binary frame: the JSON servers send none; a subclass that expects them counts
+        them (bench.yjsload)."""
 
 
 @dataclass
@@ -246,6 +252,8 @@ class Client(asyncio.Protocol):
                 sink.text(data, position + header, end, now)
                 if not self.ready.done() and not self.ready_on_pong:
                     self.ready.set_result(None)
+            elif opcode == 0x2:
+                sink.binary(data, position + header, end, now)
             elif opcode == 0x9:
                 self.send_frame(0xA, data[position + header : end])
                 self.health.pings_answered += 1
@@ -388,12 +396,24 @@ def cursor_message(seq: int, sent: int) -> bytes:
     return (text + ";" + "x" * (pad - 1) + tail if pad > 0 else text + tail).encode("ascii")
 
 
+# Makes message `seq`, sent at `now` (ns): its payload.
+MessageMaker = Callable[[int, int], bytes]
+
+
 async def blast(
-    sender: Client, meter: Meter, count: int, recipients: int, window: int, seconds: float
+    sender: Client,
+    meter: Meter,
+    count: int,
+    recipients: int,
+    window: int,
+    seconds: float,
+    message: MessageMaker = cursor_message,
+    opcode: int = 0x1,
 ) -> tuple[int, int]:
     """Send up to `count` messages (for at most `seconds`) as fast as the server takes them,
     keeping at most `window` messages not yet delivered to every recipient, so that nothing
-    piles up in socket buffers. Returns the time of the first send and the messages sent."""
+    piles up in socket buffers. Returns the time of the first send and the messages sent.
+    `message` makes each one (default: a stamped cursor update), sent as `opcode` frames."""
     first = now_ns()
     deadline = first + int(seconds * 1e9)
     base = meter.received
@@ -406,7 +426,7 @@ async def blast(
         now = now_ns()
         if now > deadline:
             break
-        sender.send_text(cursor_message(seq, now))
+        sender.send_frame(opcode, message(seq, now))
         sent += 1
         if seq % 32 == 31:
             await asyncio.sleep(0)
@@ -423,9 +443,17 @@ async def settle(meter: Meter, target: int, idle: float = 2.0) -> bool:
             return False
 
 
-async def paced(sender: Client, rate: float, count: int, spin: bool = True) -> float:
+async def paced(
+    sender: Client,
+    rate: float,
+    count: int,
+    spin: bool = True,
+    message: MessageMaker = cursor_message,
+    opcode: int = 0x1,
+) -> float:
     """Send `count` messages at `rate` per second on a fixed schedule (late sends are not
-    skipped, so queueing shows up as latency); returns the achieved rate.
+    skipped, so queueing shows up as latency); returns the achieved rate. `message` and
+    `opcode` as for `blast`.
 
     With `spin` the loop never sleeps: it polls for I/O (`sleep(0)`) until each send is due,
     so the load core never goes idle and the time a sleeping CPU takes to wake up (large on
@@ -441,6 +469,6 @@ async def paced(sender: Client, rate: float, count: int, spin: bool = True) -> f
                 break
             wait = (due - now) / 1e9
             await asyncio.sleep(0 if spin or wait <= 0.0015 else wait - 0.001)
-        sender.send_text(cursor_message(seq, now_ns()))
+        sender.send_frame(opcode, message(seq, now_ns()))
     elapsed = (now_ns() - start) / 1e9
     return count / elapsed if elapsed > 0 else rate

@@ -29,6 +29,7 @@ LIBRARIES = (
     "redis",
     "python-jose",
     "prometheus-client",
+    "pycrdt",
 )
 
 

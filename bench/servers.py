@@ -1,4 +1,5 @@
-"""The processes under test: the service (`python -m app`), the reference relay, and Redis.
+"""The processes under test: the service (`python -m app`), the reference relay, Redis, and
+the y-websocket server (Node.js) that scenario E compares documents with.
 
 Each is a subprocess pinned to the server core, started with the file-descriptor limit this
 process raised, and observed from outside through /proc: VmRSS for memory, utime + stime for CPU.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -24,6 +26,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The y-websocket server's package.json and lockfile (versions pinned); `npm ci` installs it
+# into node_modules/ there (git-ignored) on first use.
+NODE_DIR = ROOT / "bench" / "node"
 # Every process started here, so that none outlives the benchmark (see _kill_leftovers).
 _LIVE: set[subprocess.Popen[bytes]] = set()
 SECRET = "bench-secret-" + "b" * 40
@@ -211,8 +216,16 @@ class Service(Process):
             "RATE_LIMIT_PER_SECOND": "10000000",
             "RATE_LIMIT_BURST": "10000000",
             "SHUTDOWN_DRAIN": "1s",
+            # Each server its own store, in its own temporary directory (the default is
+            # relative to the working directory, which is that directory too: said outright).
+            "DOCUMENT_STORE": f"sqlite:///{self.store_path}",
             **(env or {}),
         }
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file of the documents store (absolute, so `sqlite:////...`)."""
+        return Path(self._dir.name) / "documents.sqlite3"
 
     def start(self) -> Service:
         self._spawn(self.argv, self.env)
@@ -289,3 +302,69 @@ class RedisProcess(Process):
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def _peer_lock_digest() -> str:
+    return hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
+def install_peer() -> Path:
+    """Install the y-websocket server from the lockfile with `npm ci` unless node_modules/
+    already holds exactly that install; returns its entry point. Install scripts are skipped:
+    the only one is leveldown's (an optional persistence the benchmark does not use), whose
+    prebuilt binaries ship inside its package anyway."""
+    entry = NODE_DIR / "node_modules" / "@y" / "websocket-server" / "src" / "server.js"
+    stamp = NODE_DIR / "node_modules" / ".bench-lock-sha256"
+    digest = _peer_lock_digest()
+    if entry.is_file() and stamp.is_file() and stamp.read_text(encoding="ascii") == digest:
+        return entry
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise RuntimeError("scenario E needs Node.js (20 or later) and npm on PATH")
+    argv = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    done = subprocess.run(  # noqa: S603 - npm with fixed arguments
+        argv, cwd=NODE_DIR, capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0 or not entry.is_file():
+        raise RuntimeError(f"npm ci in {NODE_DIR} failed:\n{done.stdout}{done.stderr}"[-4000:])
+    stamp.write_text(digest, encoding="ascii")
+    return entry
+
+
+def peer_versions() -> dict[str, str]:
+    """Node.js and the installed versions of the packages that make the y-websocket server."""
+    versions: dict[str, str] = {}
+    node = shutil.which("node")
+    if node:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            versions["node"] = subprocess.run(  # noqa: S603 - node, one fixed flag
+                [node, "--version"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+    for package in ("@y/websocket-server", "yjs", "y-protocols", "lib0", "ws"):
+        manifest = NODE_DIR / "node_modules" / package / "package.json"
+        with contextlib.suppress(OSError, ValueError):
+            versions[package] = str(json.loads(manifest.read_text(encoding="utf-8"))["version"])
+    return versions
+
+
+class YWebsocket(Process):
+    """`@y/websocket-server` as its package runs it (`src/server.js`): one Y.Doc per URL path,
+    every update applied to it and broadcast to every connection of the document (the sender
+    included), awareness kept; no persistence (YPERSISTENCE unset), so documents stay in memory.
+    It pings every 30 s (fixed in the package)."""
+
+    name = "y-websocket"
+
+    def start(self) -> YWebsocket:
+        entry = install_peer()
+        node = shutil.which("node")
+        assert node is not None
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", ""),
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+        }
+        self._spawn([node, str(entry)], env)
+        self._started(self.wait_port)
+        return self

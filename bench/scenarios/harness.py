@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.kinds import SERVICE
+from bench.kinds import SERVICE, YWEBSOCKET
 from bench.loadgen import Client, Health, Target
-from bench.servers import Pinning, Process, Reference, Service
+from bench.servers import Pinning, Process, Reference, Service, YWebsocket
 from bench.tokens import token
 
 Log = Callable[[str], None]
@@ -49,6 +49,17 @@ class Plan:
     stress_seconds: float = 60.0
     stress_ping: float = 5.0
     source_ips: tuple[str, ...] = tuple(f"127.0.0.{i}" for i in range(2, 10))
+    # E: documents. A room of `document_room` on one document; ack latency of a client alone
+    # in its project, typing `lone_rate` updates/s for `lone_seconds`; memory of
+    # `document_count` open documents of `document_bytes` characters; `late_joiners` joiners
+    # syncing a document of `late_document_bytes` characters.
+    document_room: int = 100
+    lone_rate: float = 50.0
+    lone_seconds: float = 4.0
+    document_count: int = 200
+    document_bytes: int = 10_000
+    late_document_bytes: int = 1 << 20
+    late_joiners: int = 5
     # bench.experiments prototypes applied to the service (none by default).
     service_patches: tuple[str, ...] = ()
 
@@ -64,6 +75,9 @@ class Plan:
             many=2_000,
             hold_seconds=20.0,
             stress_seconds=15.0,
+            lone_seconds=2.0,
+            document_count=100,
+            late_joiners=3,
         )
 
 
@@ -131,12 +145,27 @@ async def start(
     interval, wait = ping or (54.0, 60.0)
     server: Process
     if kind == SERVICE:
-        settings = {"WS_PING_INTERVAL": f"{interval:g}s", "WS_PONG_WAIT": f"{wait:g}s"}
-        server = Service(pinning, {**settings, **(env or {})}, plan.service_patches)
+        server = service(pinning, plan, env, ping)
+    elif kind == YWEBSOCKET:
+        # Its heartbeat is fixed (30 s): no measurement here lasts long enough to see it.
+        server = YWebsocket(pinning)
     else:
         server = Reference(pinning, interval, wait)
     await asyncio.to_thread(server.start)
     return server
+
+
+def service(
+    pinning: Pinning,
+    plan: Plan,
+    env: Mapping[str, str] | None = None,
+    ping: tuple[float, float] | None = None,
+) -> Service:
+    """The service as `start` configures it, not started yet (so that its store can be
+    filled first)."""
+    interval, wait = ping or (54.0, 60.0)
+    settings = {"WS_PING_INTERVAL": f"{interval:g}s", "WS_PONG_WAIT": f"{wait:g}s"}
+    return Service(pinning, {**settings, **(env or {})}, plan.service_patches)
 
 
 def require(clients: Sequence[Client], wanted: int, health: Health, what: str) -> None:

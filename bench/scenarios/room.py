@@ -11,7 +11,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.loadgen import Client, Health, Meter, Sink, blast, connect, paced, settle
+from bench.loadgen import (
+    Client,
+    Health,
+    MessageMaker,
+    Meter,
+    Sink,
+    blast,
+    connect,
+    cursor_message,
+    paced,
+    settle,
+)
 from bench.measure import Window, latency_ms
 from bench.scenarios.harness import Plan, require, target_of
 from bench.servers import Process
@@ -49,19 +60,36 @@ async def open_room(
                    clients + senders)  # fmt: skip
 
 
-async def saturate(room: FanRoom, plan: Plan, core: int | None) -> dict[str, Any]:
-    """Deliveries per second with the sender sending as fast as the server takes messages."""
+WARMUP_MESSAGES = 100
+
+
+def saturation_messages(plan: Plan, recipients: int) -> int:
+    """How many messages one `saturate` sends at most, warm-up included."""
+    return WARMUP_MESSAGES + max(100, plan.saturation_deliveries // recipients)
+
+
+async def saturate(
+    room: FanRoom,
+    plan: Plan,
+    core: int | None,
+    message: MessageMaker = cursor_message,
+    opcode: int = 0x1,
+    window: int | None = None,
+) -> dict[str, Any]:
+    """Deliveries per second with the sender sending as fast as the server takes messages
+    (`message`, `opcode`: as for `blast`; `window`: by default from the room's size)."""
     meter, recipients = room.meter, room.recipients
-    warmup = 100
+    warmup = WARMUP_MESSAGES
     base = meter.received
-    await blast(room.sender, meter, warmup, recipients, 32, 10.0)
+    await blast(room.sender, meter, warmup, recipients, 32, 10.0, message, opcode)
     await settle(meter, base + warmup * recipients)
-    count = max(100, plan.saturation_deliveries // recipients)
-    window = max(16, min(256, 40_000 // recipients))
+    count = saturation_messages(plan, recipients) - warmup
+    if window is None:
+        window = max(16, min(256, 40_000 // recipients))
     base = meter.received
     cpu = Window.open(room.processes, core)
     first, sent = await blast(
-        room.sender, meter, count, recipients, window, plan.saturation_seconds
+        room.sender, meter, count, recipients, window, plan.saturation_seconds, message, opcode
     )
     complete = await settle(meter, base + sent * recipients)
     usage = cpu.close()
