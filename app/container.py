@@ -108,6 +108,7 @@ class Container(containers.DeclarativeContainer):
         text_name=settings.provided.document_text_name,
         grace=settings.provided.document_grace,
         max_resident=settings.provided.max_resident_documents,
+        catch_up_interval=settings.provided.document_catch_up_interval,
     )
     document_hooks = providers.Singleton(DocumentHooks, library=library)
     registry = providers.Singleton(

@@ -183,6 +183,9 @@ class Settings:
     document_pending_bytes: int = 64 * 1024 * 1024
     # A document's log is compacted into a snapshot after this many appends.
     document_compact_every: int = 500
+    # How often resident documents are brought up to the store (what other instances stored
+    # and this one missed live); 0 turns it off.
+    document_catch_up_interval: float = 1.0
 
     @property
     def is_production(self) -> bool:
@@ -275,6 +278,9 @@ class Settings:
                 env, "DOCUMENT_PENDING_BYTES", 64 * 1024 * 1024, 1024 * 1024
             ),
             document_compact_every=_integer(env, "DOCUMENT_COMPACT_EVERY", 500, 1),
+            document_catch_up_interval=parse_duration(
+                "DOCUMENT_CATCH_UP_INTERVAL", env.get("DOCUMENT_CATCH_UP_INTERVAL") or "1s"
+            ),
         )
         settings.check()
         return settings

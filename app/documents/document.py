@@ -116,8 +116,14 @@ class LiveDocument:
         self.flushed = asyncio.Event()
         self.flushed.set()
         # The store's numbering: the last seq stored, and how many log entries are stored.
+        # The store's numbering, shared by every instance writing the document: every seq up to
+        # applied_seq is in this Doc; seqs this instance stored past a gap wait in _own until
+        # the updates of the gap are fetched (Library.catch_up).
+        self.applied_seq = stored.last_seq if stored else 0
+        self._own: set[int] = set()
+        # The last seq this instance stored, and the seq of the snapshot the store holds.
         self.stored_seq = stored.last_seq if stored else 0
-        self.appends_since_compaction = len(stored.updates) if stored else 0
+        self.compacted_seq = stored.snapshot_seq if stored else 0
         self._stored_entries = len(stored.updates) if stored else 0
         self._base: bytes | None = stored.snapshot if stored else None
         self._log: list[bytes] = list(stored.updates) if stored else []
@@ -211,16 +217,17 @@ class LiveDocument:
     def written(self) -> bool:
         """Whether anything was ever applied or stored: a document a client merely opened
         does not exist for the backend API (the store has no row for it)."""
-        return bool(self.size or self.stored_seq or self.pending)
+        return bool(self.size or self.applied_seq or self.stored_seq or self.pending)
 
     def encode(self) -> bytes:
         return self.diff(b"\x00")
 
     # Changing
 
-    def apply(self, update: bytes) -> None:
+    def apply(self, update: bytes, *, keep_unchanged: bool = True) -> bool:
         """Apply a Yjs update and keep it for the store; Refusal (`invalid_update`) when the
-        bytes are not one, with the document as it was."""
+        bytes are not one, with the document as it was. Returns whether it changed anything
+        (or is held back); one that did not is kept only with `keep_unchanged`."""
         if not _plausible(update):
             raise invalid_update("its first count is larger than the update")
         try:
@@ -245,9 +252,12 @@ class LiveDocument:
             # Applying a held-back update again failed the same way.
             self._rebuild(exc)
             raise invalid_update("it does not fit the document") from None
+        changed = bool(self._captured) or update in self._unsettled
         self._captured.clear()
-        self._log.append(update)
-        self.size += len(update)
+        if changed or keep_unchanged:
+            self._log.append(update)
+            self.size += len(update)
+        return changed
 
     def _rebuild(self, cause: BaseException | None) -> None:
         """Back to exactly what was accepted: the snapshot and the log, without the update
@@ -294,18 +304,64 @@ class LiveDocument:
         if self._unsettled:
             # Held-back parts are in no encoding of the Doc: merged in, raw.
             snapshot = merge_updates(snapshot, *self._unsettled)
-        return snapshot, self.stored_seq, self._stored_entries
+        return snapshot, self.applied_seq, self._stored_entries
 
-    def compacted(self, snapshot: bytes, entries: int) -> None:
-        """The store now holds `snapshot` in place of the first `entries` log entries."""
+    @property
+    def log_length(self) -> int:
+        """Updates in the store's log since its snapshot, as far as this instance knows."""
+        return max(self.applied_seq, self.stored_seq) - self.compacted_seq
+
+    def compacted(self, snapshot: bytes, through_seq: int, entries: int) -> None:
+        """The store now holds `snapshot` through `through_seq`, in place of the first
+        `entries` log entries (the snapshot holds everything applied when it was taken, so the
+        in-memory log may lose any of those)."""
         self._base = snapshot
         del self._log[:entries]
         self._stored_entries -= entries
-        self.appends_since_compaction = 0
+        self.compacted_seq = max(self.compacted_seq, through_seq)
         self.size = len(snapshot) + sum(map(len, self._log))
 
     def stored(self, seq: int, entries: int) -> None:
         """`entries` more log entries are durable, the last under `seq`."""
-        self.stored_seq = seq
+        self.stored_seq = max(self.stored_seq, seq)
         self._stored_entries += entries
-        self.appends_since_compaction += 1
+        if seq == self.applied_seq + 1:
+            self.applied_seq = seq
+            own = self._own
+            while self.applied_seq + 1 in own:
+                self.applied_seq += 1
+                own.discard(self.applied_seq)
+        elif seq > self.applied_seq:
+            # Other instances stored the seqs between: fetched by the next catch-up.
+            self._own.add(seq)
+
+    def integrate(self, stored: StoredDocument) -> list[bytes]:
+        """Apply what the store holds after `applied_seq` (from `DocumentStore.since`) and
+        that this instance has not stored itself; the updates applied, for local clients."""
+        applied: list[bytes] = []
+        first = stored.snapshot_seq + 1
+        parts = [] if stored.snapshot is None else [stored.snapshot]
+        parts += [
+            update
+            for seq, update in enumerate(stored.updates, first)
+            if seq > self.applied_seq and seq not in self._own
+        ]
+        for update in parts:
+            if update == EMPTY_UPDATE:
+                continue
+            try:
+                # Most were applied live already (relayed from the instance that stored them).
+                if not self.apply(update, keep_unchanged=False):
+                    continue
+            except Refusal as refusal:
+                # Accepted where it was stored: a document that disagrees is our fault.
+                logger.error(
+                    "a stored update does not apply here",
+                    extra={"event": "stored_update_refused", "code": refusal.code},
+                )
+                continue
+            self._stored_entries += 1
+            applied.append(update)
+        self.applied_seq = max(self.applied_seq, stored.last_seq)
+        self._own = {seq for seq in self._own if seq > self.applied_seq}
+        return applied

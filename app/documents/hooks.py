@@ -45,16 +45,13 @@ class DocumentHooks:
         document = self._library.resident(key)
         if document is None or document.deleted:
             return
-        writer = self._library.writer
         try:
             if event.type == "yjs_awareness":
                 document.awareness.apply(data, event.author.client_id)
             elif data != EMPTY_UPDATE:
+                # Stored by the instance it was sent to, in the store they share; this copy
+                # applies it live and counts it in once catch-up reads its seq.
                 document.apply(data)
-                # Accepted and stored where it was sent: stored here too only within this
-                # instance's bound, so a store that fails here keeps memory bounded.
-                if writer.has_room(len(data)):
-                    writer.write(document, data)
         except (Refusal, AwarenessRefused) as exc:
             logger.warning(
                 "an update from another instance does not apply here",

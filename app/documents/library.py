@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from app.documents.document import LiveDocument
@@ -38,6 +38,7 @@ class DocumentLibrary:
         text_name: str,
         grace: float,
         max_resident: int,
+        catch_up_interval: float = 1.0,
     ) -> None:
         self._store = store
         self._writer = writer
@@ -57,6 +58,11 @@ class DocumentLibrary:
         # Keys being deleted: a load waits for the delete (set when it is done).
         self._deleting: dict[DocumentKey, asyncio.Event] = {}
         self._loads_failing = False
+        self._catch_up_interval = catch_up_interval
+        self._follower: asyncio.Task[None] | None = None
+        # Told of every update fetched from the store for a resident document, so that the
+        # clients on this instance get what other instances stored (DocumentService).
+        self.on_fetched: Callable[[LiveDocument, bytes], None] = lambda document, update: None
         # Callers waiting for a load: the document is not idle until they have taken it.
         self._waiting: Counter[DocumentKey] = Counter()
 
@@ -70,6 +76,47 @@ class DocumentLibrary:
 
     def start(self) -> None:
         self._metrics.documents_resident_bytes.set_function(self.resident_bytes)
+        if self._catch_up_interval > 0:
+            self._follower = asyncio.create_task(self._follow(), name="document catch-up")
+
+    async def _follow(self) -> None:
+        """Every interval, bring the resident documents up to the store: what other instances
+        stored and this one did not get live (a Redis outage, a dropped publish) arrives
+        within an interval, with no client action."""
+        failing = False
+        while True:
+            await asyncio.sleep(self._catch_up_interval)
+            try:
+                await self.catch_up()
+            except StoreError:
+                continue  # the writer and the loads say so; this tries again next interval
+            except Exception:
+                if not failing:
+                    logger.exception(
+                        "catching up with the store failed", extra={"event": "catch_up_failed"}
+                    )
+                failing = True
+            else:
+                failing = False
+
+    async def catch_up(self) -> int:
+        """Apply to each resident document what the store holds past it; how many updates."""
+        documents = [d for d in self._documents.values() if not d.deleted]
+        if not documents:
+            return 0
+        heads = await self._store.heads([document.key for document in documents])
+        fetched = 0
+        for document in documents:
+            head = heads.get(document.key)
+            if head is None or head <= document.applied_seq:
+                continue
+            stored = await self._store.since(document.key, document.applied_seq)
+            if stored is None or self._documents.get(document.key) is not document:
+                continue
+            for update in document.integrate(stored):
+                fetched += 1
+                self.on_fetched(document, update)
+        return fetched
 
     @property
     def text_name(self) -> str:
@@ -276,6 +323,9 @@ class DocumentLibrary:
     async def stop(self, patience: float) -> None:
         """Store what is pending (for up to `patience` s), compact, drop every document."""
         self._stopping = True
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.wait({self._follower})
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

@@ -77,6 +77,16 @@ class DocumentService:
         self._writer: DocumentWriter = library.writer
         self._registry = registry
         self.max_document_bytes = max_document_bytes
+        library.on_fetched = self._deliver_fetched
+
+    def _deliver_fetched(self, document: LiveDocument, update: bytes) -> None:
+        # Fetched by every instance that holds the document: delivered to this instance's
+        # clients only.
+        self._registry.deliver_local(
+            document.key.project_id,
+            "yjs_update",
+            {"document_id": document.key.document_id, "update": b64(update), "origin": "store"},
+        )
 
     def editor(self, connection: Connection) -> Editor:
         return Editor(self, connection)

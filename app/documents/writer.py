@@ -117,18 +117,20 @@ class DocumentWriter:
     async def compact(self, document: LiveDocument) -> None:
         """Replace the document's stored log with a snapshot (when it has a log). One at a
         time per document: an older snapshot landing after a newer one would be refused."""
-        if (
-            document.compacting
-            or document.appends_since_compaction == 0
-            or document.stored_seq == 0
-        ):
+        if document.compacting or document.log_length == 0 or document.applied_seq == 0:
             return
         document.compacting = True
         try:
             snapshot, through, entries = document.snapshot()
+            if through <= document.compacted_seq:
+                return
             await self._store.compact(document.key, snapshot, through)
         except StoreError as exc:
             self._failed("compact", exc)
+            return
+        except (ValueError, LookupError):
+            # Another instance compacted further meanwhile, or the document was deleted:
+            # nothing to do here.
             return
         except Exception:
             # A compaction is an optimisation: its failure never stops the writes behind it.
@@ -143,7 +145,7 @@ class DocumentWriter:
         finally:
             document.compacting = False
         self._recovered()
-        document.compacted(snapshot, entries)
+        document.compacted(snapshot, through, entries)
         self._metrics.document_compactions.inc()
 
     async def _drain(self, document: LiveDocument) -> None:
@@ -192,7 +194,7 @@ class DocumentWriter:
                 document.stored(seq, len(batch))
                 for write in batch:
                     write.resolve()
-                if document.appends_since_compaction >= self._compact_every:
+                if document.log_length >= self._compact_every:
                     await self.compact(document)
         except asyncio.CancelledError:
             self.unstored += len(pending)

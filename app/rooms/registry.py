@@ -25,6 +25,8 @@ from app.rooms.room import NoHooks, Room, RoomHooks
 logger = logging.getLogger("texflow.registry")
 
 SERVICE_CLIENT_ID = "service"
+# The author of what the server itself sends a room (updates fetched from the store).
+_SERVER_AUTHOR = Author("server", "server", "server")
 KNOWN_TYPES = RELAYED_TYPES | SERVER_ONLY_TYPES
 
 
@@ -296,6 +298,15 @@ class RoomRegistry:
         if room is not None and not applied:
             room.apply(event)
         return self._publish(room, event)
+
+    def deliver_local(self, project_id: str, message_type: str, payload: Mapping[str, Any]) -> int:
+        """A server event for every connection of the project on this instance only (each
+        instance makes its own); returns how many got it."""
+        room = self._rooms.get(project_id)
+        if room is None:
+            return 0
+        event = RoomEvent(project_id, message_type, to_json(payload), _SERVER_AUTHOR, time.time())
+        return self._fan_out(room, event)
 
     def revoke(self, project_id: str, user_id: str) -> int:
         """Close the user's connections in the project with 4003, on every instance.

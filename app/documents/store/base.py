@@ -71,6 +71,16 @@ class DocumentStore(Protocol):
         """The document, or None if there is no such document."""
         ...
 
+    async def since(self, key: DocumentKey, seq: int) -> StoredDocument | None:
+        """What was stored after `seq`: the updates after it, or, when a compaction covered
+        some of them, the snapshot and every update after it (`snapshot` is None when no
+        snapshot is needed). None if there is no such document."""
+        ...
+
+    async def heads(self, keys: list[DocumentKey]) -> dict[DocumentKey, int]:
+        """The last seq of each of `keys` that exists."""
+        ...
+
     async def append(self, key: DocumentKey, update: bytes) -> int:
         """Add an update, creating the document if needed; returns its seq once durable."""
         ...
@@ -94,6 +104,14 @@ class DocumentStore(Protocol):
     async def documents(self, project_id: str) -> list[DocumentInfo]:
         """The project's documents, by document_id."""
         ...
+
+
+def after(stored: StoredDocument, seq: int) -> StoredDocument:
+    """`stored` cut to what came after `seq` (see DocumentStore.since)."""
+    if seq >= stored.snapshot_seq:
+        skip = seq - stored.snapshot_seq
+        return StoredDocument(None, seq, stored.updates[skip:], stored.last_seq)
+    return stored
 
 
 def check_update(data: bytes, what: str = "update") -> None:

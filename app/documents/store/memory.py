@@ -9,6 +9,7 @@ from app.documents.store.base import (
     DocumentInfo,
     DocumentKey,
     StoredDocument,
+    after,
     check_compaction,
     check_update,
 )
@@ -48,6 +49,14 @@ class MemoryStore:
         return StoredDocument(
             document.snapshot, document.snapshot_seq, list(document.updates), document.last_seq
         )
+
+    async def since(self, key: DocumentKey, seq: int) -> StoredDocument | None:
+        stored = await self.load(key)
+        return None if stored is None else after(stored, seq)
+
+    async def heads(self, keys: list[DocumentKey]) -> dict[DocumentKey, int]:
+        found = ((key, self._get(key)) for key in keys)
+        return {key: document.last_seq for key, document in found if document is not None}
 
     async def append(self, key: DocumentKey, update: bytes) -> int:
         check_update(update)

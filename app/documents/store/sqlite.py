@@ -331,6 +331,12 @@ class SqliteStore:
     async def documents(self, project_id: str) -> list[DocumentInfo]:
         return await self._read(self._documents, project_id)
 
+    async def since(self, key: DocumentKey, seq: int) -> StoredDocument | None:
+        return await self._read(self._since, key, seq)
+
+    async def heads(self, keys: list[DocumentKey]) -> dict[DocumentKey, int]:
+        return await self._read(self._heads, keys)
+
     async def append(self, key: DocumentKey, update: bytes) -> int:
         check_update(update)
         seq: int = await self._submit(_Append(key, len(update), update))
@@ -566,6 +572,43 @@ class SqliteStore:
         finally:
             connection.execute("COMMIT")
         return StoredDocument(snapshot, snapshot_seq, updates, last_seq)
+
+    def _since(self, key: DocumentKey, seq: int) -> StoredDocument | None:
+        connection = self._reading()
+        connection.execute("BEGIN")
+        try:
+            found = connection.execute(
+                "SELECT id, snapshot, snapshot_seq, last_seq FROM documents"
+                " WHERE project_id = ? AND document_id = ?",
+                (key.project_id, key.document_id),
+            ).fetchone()
+            if found is None:
+                return None
+            document, snapshot, snapshot_seq, last_seq = found
+            if seq >= snapshot_seq:
+                snapshot, snapshot_seq = None, seq
+            updates = [
+                data
+                for (data,) in connection.execute(
+                    "SELECT data FROM updates WHERE document = ? AND seq > ? ORDER BY seq",
+                    (document, snapshot_seq),
+                )
+            ]
+        finally:
+            connection.execute("COMMIT")
+        return StoredDocument(snapshot, snapshot_seq, updates, last_seq)
+
+    def _heads(self, keys: list[DocumentKey]) -> dict[DocumentKey, int]:
+        connection = self._reading()
+        heads: dict[DocumentKey, int] = {}
+        for key in keys:
+            found = connection.execute(
+                "SELECT last_seq FROM documents WHERE project_id = ? AND document_id = ?",
+                (key.project_id, key.document_id),
+            ).fetchone()
+            if found is not None:
+                heads[key] = found[0]
+        return heads
 
     def _documents(self, project_id: str) -> list[DocumentInfo]:
         rows = self._reading().execute(

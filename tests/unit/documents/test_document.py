@@ -136,12 +136,13 @@ def test_compaction_keeps_what_was_not_stored_yet() -> None:
     document = empty()
     for update in updates[:3]:
         document.apply(update)
-    document.stored(2, 3)
+    document.stored(1, 1)
+    document.stored(2, 2)  # two entries in one append
     document.apply(updates[3])  # applied, not stored
 
     snapshot, through, entries = document.snapshot()
     assert (through, entries) == (2, 3)
-    document.compacted(snapshot, entries)
+    document.compacted(snapshot, through, entries)
 
     rebuilt = LiveDocument(KEY, "content", StoredDocument(snapshot, 2, [updates[3]], 3))
     assert rebuilt.text() == final
@@ -176,9 +177,9 @@ def test_an_update_held_back_across_a_reload_is_integrated_when_its_dependency_c
     first = empty()
     for index in (0, 2, 3):
         first.apply(updates[index])
-    first.stored(3, 3)
+    first.stored(1, 3)
     snapshot, through, entries = first.snapshot()
-    first.compacted(snapshot, entries)
+    first.compacted(snapshot, through, entries)
 
     reloaded = LiveDocument(KEY, "content", StoredDocument(snapshot, through, [], through))
     reloaded.apply(updates[1])

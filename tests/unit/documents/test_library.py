@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pycrdt import Doc, Text
 
 from app.documents.library import DocumentLibrary
 from app.documents.store.base import DocumentKey
@@ -136,3 +137,41 @@ async def test_a_document_loaded_for_callers_that_gave_up_still_unloads() -> Non
     # Without anyone to release it, it would stay resident for good.
     await until(lambda: KEY not in library._loading and library.resident(KEY) is None)
     assert library.writer.pending_bytes == 0
+
+
+async def test_catch_up_brings_a_document_what_another_instance_stored() -> None:
+    store = FlakyStore()  # shared, like PostgreSQL between instances
+    here, there = library_for(store, grace=60.0), library_for(store, grace=60.0)
+    mine = await here.acquire(KEY, "a")
+    theirs = await there.acquire(KEY, "b")
+    fetched: list[bytes] = []
+    here.on_fetched = lambda document, update: fetched.append(update)
+
+    # Typed on the other instance, never relayed here (a Redis outage, say).
+    for update in typing("hello"):
+        theirs.apply(update)
+        await there.writer.stored(there.writer.write(theirs, update))
+    # Typed here meanwhile: stored past the gap.
+    doc: Doc[Text] = Doc()
+    doc.apply_update(theirs.encode())
+    own = typed_after(doc, "!")
+    mine.apply(own)
+    await here.writer.stored(here.writer.write(mine, own))
+    assert mine.applied_seq == 0
+
+    assert await here.catch_up() == 5
+    assert mine.text() == "hello!"
+    assert mine.applied_seq == 6
+    assert len(fetched) == 5
+    # Nothing more to fetch; the other side gets the one made here.
+    assert await here.catch_up() == 0
+    assert await there.catch_up() == 1
+    assert theirs.text() == "hello!"
+
+
+def typed_after(doc: Doc[Text], text: str) -> bytes:
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    content = doc.get("content", type=Text)
+    content.insert(len(content), text)
+    return updates[-1]

@@ -186,3 +186,31 @@ async def test_concurrent_appends_get_distinct_seqs_and_all_load_back(
     assert all(
         document.updates[seq - 1] == update for seq, update in zip(seqs, updates, strict=True)
     )
+
+
+async def test_since_gives_what_came_after_a_seq(store: DocumentStore) -> None:
+    await appended(store, KEY, b"u1", b"u2", b"u3")
+
+    later = await store.since(KEY, 1)
+
+    assert later == StoredDocument(None, 1, [b"u2", b"u3"], 3)
+    assert await store.since(KEY, 3) == StoredDocument(None, 3, [], 3)
+    assert await store.since(DocumentKey("p1", "missing"), 0) is None
+
+
+async def test_since_a_compacted_seq_gives_the_snapshot_too(store: DocumentStore) -> None:
+    await appended(store, KEY, b"u1", b"u2", b"u3")
+    await store.compact(KEY, b"s2", 2)
+
+    assert await store.since(KEY, 1) == StoredDocument(b"s2", 2, [b"u3"], 3)
+    assert await store.since(KEY, 2) == StoredDocument(None, 2, [b"u3"], 3)
+
+
+async def test_heads_are_the_last_seqs_of_the_documents_that_exist(store: DocumentStore) -> None:
+    other = DocumentKey("p2", "other.tex")
+    await appended(store, KEY, b"u1", b"u2")
+    await appended(store, other, b"v1")
+
+    heads = await store.heads([KEY, other, DocumentKey("p1", "missing")])
+
+    assert heads == {KEY: 2, other: 1}
