@@ -15,6 +15,7 @@ from app.admission.auth import AuthService
 from app.broadcaster.base import Broadcaster
 from app.container import Container
 from app.documents.service import DocumentService
+from app.documents.writer import DocumentWriter
 from app.rooms.registry import RoomRegistry
 
 
@@ -39,6 +40,10 @@ def _documents(connection: HTTPConnection) -> DocumentService:
     return container_of(connection).documents()
 
 
+def _writer(connection: HTTPConnection) -> DocumentWriter:
+    return container_of(connection).document_writer()
+
+
 def _stats_role(connection: HTTPConnection) -> str | None:
     role: str | None = container_of(connection).settings().stats_required_role
     return role
@@ -49,3 +54,4 @@ RegistryDep = Annotated[RoomRegistry, Depends(_registry)]
 BroadcasterDep = Annotated[Broadcaster, Depends(_broadcaster)]
 DocumentsDep = Annotated[DocumentService, Depends(_documents)]
 StatsRoleDep = Annotated[str | None, Depends(_stats_role)]
+WriterDep = Annotated[DocumentWriter, Depends(_writer)]

@@ -288,6 +288,12 @@ async def test_a_stuck_store_delays_acknowledgements_and_loses_nothing(tmp_path:
                     return await metric(srv, "websocket_document_store_errors_total") >= 1
 
                 await eventually(append_failed, within=30)
+                async with httpx.AsyncClient(base_url=srv.http_url) as http:
+                    ready = (await http.get("/ready")).json()
+                # Still ready (every instance shares the store), and saying what is wrong.
+                assert ready["status"] == "ready"
+                assert ready["document_store"] == "failing"
+                assert ready["document_pending_bytes"] > 0
                 await send(ann.ws, "ping", {"n": 1})
                 pong = await receive(ann.ws)
                 # The next message is the pong: no acknowledgement came before it.

@@ -41,6 +41,8 @@ async def test_ready(http: httpx.AsyncClient) -> None:
         "reason": None,
         "broadcaster": "in-memory",
         "broadcaster_connected": True,
+        "document_store": "up",
+        "document_pending_bytes": 0,
     }
 
 
