@@ -83,6 +83,7 @@ class YjsClient:
         *,
         encoding: Encoding = "base64",
         document_id: str = DOCUMENT_ID,
+        doc: Doc[Text] | None = None,
     ) -> None:
         self.name = name
         self.ws = ws
@@ -90,12 +91,13 @@ class YjsClient:
         self.client_id: str = presence_state["client_id"]
         self.encoding: Encoding = encoding
         self.document_id = document_id
-        self.doc: Doc[Text] = Doc()
+        # A doc of its own, or one that outlives connections (a tab that reconnects).
+        self.doc: Doc[Text] = doc if doc is not None else Doc()
         self.text = self.doc.get(TEXT_NAME, type=Text)
         self.awareness = Awareness(self.doc)
         self._applying_remote = False
         self._outbox: list[bytes] = []
-        self.doc.observe(self._on_update)
+        self._subscription = self.doc.observe(self._on_update)
         # What went out and came in, for the tests' assertions.
         self.sent_updates: list[bytes] = []
         self.sent_sync: list[bytes] = []
@@ -116,6 +118,10 @@ class YjsClient:
         # The server's own step 1 was answered: what we had that it lacked is on its way.
         self.answered_server = False
         self._changed = anyio.Event()
+
+    def detach(self) -> None:
+        """Stop following the doc (before another connection takes it over)."""
+        self.doc.unobserve(self._subscription)
 
     # The document
 
@@ -341,10 +347,10 @@ class YjsClient:
 
 @asynccontextmanager
 async def yjs_client(
-    url: str, name: str, *, encoding: Encoding = "base64"
+    url: str, name: str, *, encoding: Encoding = "base64", doc: Doc[Text] | None = None
 ) -> AsyncIterator[YjsClient]:
     async with member(url) as (ws, state):
-        yield YjsClient(name, ws, state, encoding=encoding)
+        yield YjsClient(name, ws, state, encoding=encoding, doc=doc)
 
 
 def _text_of(updates: list[bytes]) -> str:
