@@ -22,6 +22,7 @@ from app.documents.library import DocumentLibrary
 from app.documents.service import DocumentService
 from app.documents.store.base import DocumentStore
 from app.documents.store.memory import MemoryStore
+from app.documents.store.postgres import PostgresStore
 from app.documents.store.sqlite import SqliteStore
 from app.documents.writer import DocumentWriter
 from app.fanout.connection import BacklogLimits
@@ -31,7 +32,7 @@ from app.reclaimer import Reclaimer
 from app.rooms.registry import RoomRegistry
 from app.routers.ws import SocketEndpoint
 from app.session.handler import SessionHandler, SessionLimits
-from app.settings import Settings
+from app.settings import POSTGRES_SCHEMES, Settings
 
 
 def redis_client(addr: str, password: str | None) -> Redis:
@@ -67,6 +68,8 @@ def broadcaster_for(settings: Settings, metrics: Metrics) -> Broadcaster:
 def store_for(settings: Settings) -> DocumentStore:
     if settings.document_store == "memory":
         return MemoryStore()
+    if settings.document_store.startswith(POSTGRES_SCHEMES):
+        return PostgresStore(settings.document_store)
     path = Path(settings.document_store.removeprefix("sqlite:///"))
     return SqliteStore(path)
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 Environment = Literal["development", "production"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -109,6 +110,23 @@ def _origins(raw: str | None) -> tuple[str, ...] | None:
 
 
 DEFAULT_DOCUMENT_STORE = "sqlite:///data/documents.sqlite3"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _check_document_store(store: str) -> None:
+    """sqlite:///PATH, memory, or a PostgreSQL URL; a message never repeats the URL, which
+    may hold a password."""
+    if store == "memory" or store.startswith("sqlite:///"):
+        return
+    if not store.startswith(POSTGRES_SCHEMES):
+        raise SettingsError(
+            "DOCUMENT_STORE: expected sqlite:///PATH, postgresql://USER@HOST/DATABASE or "
+            f"memory, got {store.split('://')[0]!r}"
+        )
+    try:
+        urlsplit(store).port  # noqa: B018 - it raises on a port that is not a number
+    except ValueError:
+        raise SettingsError("DOCUMENT_STORE: the PostgreSQL URL has an invalid port") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +187,9 @@ class Settings:
     # The least time between two memory reclaims after a drop in connections; 0 turns them off.
     memory_reclaim_interval: float = 60.0
     # Where documents are kept: sqlite:///PATH (relative to the working directory, or
-    # sqlite:////absolute/path) or memory (nothing survives a restart).
-    document_store: str = DEFAULT_DOCUMENT_STORE
+    # sqlite:////absolute/path), a postgresql:// URL, which may hold a password, or memory
+    # (nothing survives a restart).
+    document_store: str = field(default=DEFAULT_DOCUMENT_STORE, repr=False)
     # The Y.Text the TexFlow editor binds, read and seeded by the backend API.
     document_text_name: str = "content"
     # Yjs bytes a document may hold (its snapshot and the updates since); Overleaf caps one
@@ -294,11 +313,7 @@ class Settings:
                 f"ROOT_PATH: expected a path such as /realtime (a leading slash, no trailing "
                 f"one), got {self.root_path!r}"
             )
-        if self.document_store != "memory" and not self.document_store.startswith("sqlite:///"):
-            raise SettingsError(
-                "DOCUMENT_STORE: expected sqlite:///PATH or memory, "
-                f"got {self.document_store.split('://')[0]!r}"
-            )
+        _check_document_store(self.document_store)
         if self.send_queue_bytes < self.max_message_size:
             raise SettingsError(
                 "WS_SEND_QUEUE_BYTES: expected at least MAX_MESSAGE_SIZE "

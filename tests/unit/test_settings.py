@@ -385,3 +385,40 @@ def test_wire_version_is_1_unless_a_rollout_from_older_releases_asks_for_0() -> 
     assert Settings.from_env({"WIRE_VERSION": "0"}).wire_version == 0
     with pytest.raises(SettingsError, match=r"^WIRE_VERSION: expected one of 0, 1"):
         Settings.from_env({"WIRE_VERSION": "2"})
+
+
+# The document store
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "memory",
+        "sqlite:///data/documents.sqlite3",
+        "postgresql://texflow:pg-secret@db.internal:5432/texflow",
+        "postgres://texflow@db.internal/texflow?sslmode=require",
+        "postgresql:///texflow?host=/var/run/postgresql",
+    ],
+)
+def test_document_stores_are_sqlite_postgresql_or_memory(store: str) -> None:
+    assert Settings.from_env({"DOCUMENT_STORE": store}).document_store == store
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ("mysql://texflow:pg-secret@db/texflow", r"expected sqlite:///PATH, postgresql://"),
+        ("postgresql://texflow:pg-secret@db:port/texflow", r"invalid port"),
+    ],
+)
+def test_a_bad_document_store_is_refused_without_repeating_it(store: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=rf"^DOCUMENT_STORE: .*{message}") as refused:
+        Settings.from_env({"DOCUMENT_STORE": store})
+
+    assert "pg-secret" not in str(refused.value)
+
+
+def test_a_postgresql_password_does_not_appear_in_repr() -> None:
+    settings = Settings.from_env({"DOCUMENT_STORE": "postgresql://texflow:pg-secret@db/texflow"})
+
+    assert "pg-secret" not in repr(settings)

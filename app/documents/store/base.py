@@ -45,6 +45,10 @@ class StoreBusy(StoreError):
     """The store works but has more waiting than it takes at once: try again shortly."""
 
 
+class SchemaTooNew(RuntimeError):
+    """The store was written by a newer release, in a layout this one does not know."""
+
+
 class DocumentStore(Protocol):
     """Durable Yjs documents, keyed by (project, document).
 

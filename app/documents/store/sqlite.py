@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 from app.documents.store.base import (
     DocumentInfo,
     DocumentKey,
+    SchemaTooNew,
     StoreBusy,
     StoredDocument,
     StoreError,
@@ -82,10 +83,6 @@ Synchronous = Literal["FULL", "NORMAL"]
 # StoreError('store backlog full') at once.
 MAX_BACKLOG = 10_000
 MAX_BACKLOG_BYTES = 32 * 1024 * 1024
-
-
-class SchemaTooNew(RuntimeError):
-    """The file was written by a newer release, in a layout this one does not know."""
 
 
 @dataclass(slots=True)
