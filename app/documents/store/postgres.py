@@ -147,6 +147,24 @@ SELECT d.snapshot, d.snapshot_seq, d.last_seq, ARRAY(
 FROM yjs_documents d WHERE d.project_id = $1 AND d.document_id = $2
 """
 
+# What came after a seq: the updates after it, or the snapshot and the updates after the
+# snapshot when a compaction covered some of them; in one statement, so as of one commit.
+SINCE = """
+SELECT d.snapshot_seq, d.last_seq,
+    CASE WHEN $3 < d.snapshot_seq THEN d.snapshot END AS snapshot,
+    ARRAY(
+        SELECT u.data FROM yjs_updates u
+        WHERE u.document = d.id AND u.seq > greatest(d.snapshot_seq, $3) ORDER BY u.seq
+    ) AS updates
+FROM yjs_documents d WHERE d.project_id = $1 AND d.document_id = $2
+"""
+# The last seqs of many documents in one round trip: what catch-up asks every second.
+HEADS = """
+SELECT d.project_id, d.document_id, d.last_seq
+FROM yjs_documents d JOIN unnest($1::text[], $2::text[]) AS k (project_id, document_id)
+    ON d.project_id = k.project_id AND d.document_id = k.document_id
+"""
+
 # COLLATE "C": by code point, as the other stores sort, whatever the database's collation.
 DOCUMENTS = """
 SELECT document_id, last_seq, stored_bytes, extract(epoch FROM updated_at)::float8
@@ -333,6 +351,32 @@ class PostgresStore:
         async def read(connection: asyncpg.Connection) -> list[DocumentInfo]:
             rows = await connection.fetch(DOCUMENTS, project_id)
             return [DocumentInfo(*row) for row in rows]
+
+        return await self._read(read)
+
+    async def since(self, key: DocumentKey, seq: int) -> StoredDocument | None:
+        _check_key(key)
+
+        async def read(connection: asyncpg.Connection) -> StoredDocument | None:
+            row = await connection.fetchrow(SINCE, key.project_id, key.document_id, seq)
+            if row is None:
+                return None
+            snapshot_seq, last_seq, snapshot, updates = row
+            if snapshot is None:
+                return StoredDocument(None, max(seq, snapshot_seq), list(updates), last_seq)
+            return StoredDocument(snapshot, snapshot_seq, list(updates), last_seq)
+
+        return await self._read(read)
+
+    async def heads(self, keys: list[DocumentKey]) -> dict[DocumentKey, int]:
+        for key in keys:
+            _check_key(key)
+
+        async def read(connection: asyncpg.Connection) -> dict[DocumentKey, int]:
+            rows = await connection.fetch(
+                HEADS, [key.project_id for key in keys], [key.document_id for key in keys]
+            )
+            return {DocumentKey(row[0], row[1]): row[2] for row in rows}
 
         return await self._read(read)
 
