@@ -269,9 +269,10 @@ MSG
 if [[ -n "$sqlite" ]]; then
   cat <<MSG
 
-  !!! No PostgreSQL document store: each instance keeps its documents in its own SQLite file, so documents are
-  !!! NOT shared across the two instances (rooms, presence and live edits still are, through
-  !!! Redis, but a document opened on one instance does not see what the other stored).
+  !!! No PostgreSQL document store: each instance keeps its documents in its own SQLite
+  !!! file, so documents are NOT shared across the two instances (rooms, presence and live
+  !!! edits still are, through Redis, but a document opened on one instance does not see
+  !!! what the other stored).
   !!! Install PostgreSQL (Debian/Ubuntu: apt-get install postgresql) or set DOCUMENT_STORE.
 MSG
 fi
