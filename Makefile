@@ -23,7 +23,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m app
 
-## run-cluster: Redis and two instances on 8082 and 8083, printing URLs for two tabs
+## run-cluster: Redis, a PostgreSQL document store (the machine's, else a temporary one) and two instances on 8082 and 8083, printing URLs for two tabs
 run-cluster: $(STAMP)
 	PYTHON=$(BIN)/python bash config/run-cluster.sh
 

@@ -30,6 +30,7 @@ from app.main import create_app
 from app.settings import (
     DEFAULT_DOCUMENT_STORE,
     MIN_PRODUCTION_SECRET_BYTES,
+    POSTGRES_SCHEMES,
     Settings,
     SettingsError,
     parse_duration,
@@ -374,19 +375,25 @@ def _sqlite_folder(store: str, working_directory: PurePosixPath) -> PurePosixPat
     return (working_directory / store.removeprefix("sqlite:///")).parent
 
 
-def test_the_document_store_is_on_a_writable_volume(
-    deployment: Mapping[str, Any], config_env: Mapping[str, str]
-) -> None:
-    # The root filesystem is read-only: the store's folder must be a volume mount.
-    container = _container(deployment)
+def _document_store_source(container: Mapping[str, Any]) -> dict[str, Any]:
     env = {item["name"]: item for item in container.get("env", [])}
-    store = env["DOCUMENT_STORE"]["value"] if "DOCUMENT_STORE" in env else None
-    store = store or config_env.get("DOCUMENT_STORE")
-    assert store, "set DOCUMENT_STORE explicitly, next to the volume it points into"
-    settings = Settings.from_env(
-        {**config_env, "DOCUMENT_STORE": store, "JWT_SECRET": "s" * MIN_PRODUCTION_SECRET_BYTES}
-    )
-    assert settings.document_store == store
+    assert "DOCUMENT_STORE" in env, "set DOCUMENT_STORE explicitly in the container's env"
+    item: dict[str, Any] = env["DOCUMENT_STORE"]
+    return item
+
+
+def document_store_problems(deployment: Mapping[str, Any], store: str) -> list[str]:
+    """What keeps `store` from serving this Deployment's replicas: several of them share
+    documents only through PostgreSQL; SQLite needs a writable volume at its folder, since the
+    root filesystem is read-only."""
+    problems: list[str] = []
+    replicas = deployment["spec"].get("replicas", 1)
+    shared = store.startswith(POSTGRES_SCHEMES)
+    if replicas > 1 and not shared:
+        problems.append(f"{replicas} replicas on {store.split(':')[0]} would not share documents")
+    if not store.startswith("sqlite:///"):
+        return problems
+    container = _container(deployment)
     folder = _sqlite_folder(store, PurePosixPath(container.get("workingDir", _image_workdir())))
     mounts = [
         mount
@@ -394,12 +401,83 @@ def test_the_document_store_is_on_a_writable_volume(
         if folder == PurePosixPath(mount["mountPath"])
         or PurePosixPath(mount["mountPath"]) in folder.parents
     ]
-    assert len(mounts) == 1, f"no volume is mounted at {folder} (or above it)"
+    if len(mounts) != 1:
+        return [*problems, f"no volume is mounted at {folder} (or above it)"]
     (mount,) = mounts
-    assert not mount.get("readOnly"), "SQLite writes its database, -wal and -shm files there"
+    if mount.get("readOnly"):
+        problems.append("SQLite writes its database, -wal and -shm files there: not readOnly")
     volumes = {v["name"]: v for v in _dig(deployment, "spec", "template", "spec", "volumes")}
-    volume = volumes[mount["name"]]
-    assert {"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys(), volume
+    volume = volumes.get(mount["name"], {})
+    if not {"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys():
+        problems.append(f"the volume {mount['name']!r} is not a writable kind: {volume}")
+    return problems
+
+
+def test_the_document_store_is_a_shared_database_from_the_secret(
+    deployment: Mapping[str, Any], config_env: Mapping[str, str], secret: Mapping[str, Any]
+) -> None:
+    # The URL carries the database password: from the Secret, never a literal or the ConfigMap.
+    source = _document_store_source(_container(deployment))
+    assert "value" not in source, "a DSN with a password must not sit in the manifest"
+    reference = _dig(source, "valueFrom", "secretKeyRef")
+    assert reference["name"] == secret["metadata"]["name"]
+    # Without the key the pod must not start (rather than on the image's default, SQLite).
+    assert not reference.get("optional")
+    assert "DOCUMENT_STORE" not in config_env
+    store = secret["stringData"][reference["key"]]
+    # Two replicas here, up to hpa.yaml's maximum: only a database they all use shares documents.
+    assert store.startswith(POSTGRES_SCHEMES), f"expected a postgresql:// URL, got {store!r}"
+    settings = Settings.from_env(
+        {**config_env, "DOCUMENT_STORE": store, "JWT_SECRET": "s" * MIN_PRODUCTION_SECRET_BYTES}
+    )
+    assert settings.document_store == store
+    assert document_store_problems(deployment, store) == []
+
+
+def _single_replica_sqlite(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """The variant config/kubernetes/README.md ("Documents") describes: one replica, its
+    documents in SQLite on a volume at /srv/data."""
+    variant: dict[str, Any] = copy.deepcopy(dict(deployment))
+    variant["spec"]["replicas"] = 1
+    pod = variant["spec"]["template"]["spec"]
+    container = _container(variant)
+    source = _document_store_source(container)
+    source.pop("valueFrom")
+    source["value"] = "sqlite:////srv/data/documents.sqlite3"
+    container["volumeMounts"].append({"name": "documents", "mountPath": "/srv/data"})
+    pod["volumes"].append({"name": "documents", "emptyDir": {}})
+    return variant
+
+
+def test_the_single_replica_sqlite_variant_works(deployment: Mapping[str, Any]) -> None:
+    variant = _single_replica_sqlite(deployment)
+    kubernetes_validate.validate(variant, KUBERNETES_VERSIONS[-1], strict=True)
+    store = _document_store_source(_container(variant))["value"]
+    assert Settings.from_env({"DOCUMENT_STORE": store}).document_store == store
+    assert document_store_problems(variant, store) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["two-replicas", "no-volume", "read-only-volume", "relative-path-outside-the-volume"],
+)
+def test_document_store_check_rejects_a_broken_store(
+    deployment: Mapping[str, Any], change: str
+) -> None:
+    variant = _single_replica_sqlite(deployment)
+    container = _container(variant)
+    store = "sqlite:////srv/data/documents.sqlite3"
+    if change == "two-replicas":
+        variant["spec"]["replicas"] = 2
+    elif change == "no-volume":
+        container["volumeMounts"] = [
+            m for m in container["volumeMounts"] if m["name"] != "documents"
+        ]
+    elif change == "read-only-volume":
+        container["volumeMounts"][-1]["readOnly"] = True
+    else:
+        store = "sqlite:///documents.sqlite3"  # /srv, on the read-only root filesystem
+    assert document_store_problems(variant, store) != []
 
 
 def test_the_image_creates_the_default_document_folder() -> None:
@@ -495,8 +573,8 @@ def test_every_configured_variable_is_read_by_the_service(
     assert set(config_env) - known_variables == set(), "the service does not read these"
     assert set(secret["stringData"]) - known_variables == set()
     assert "INSTANCE_ID" in known_variables
-    # Secrets stay out of the ConfigMap.
-    assert not {"JWT_SECRET", "REDIS_PASSWORD"} & set(config_env)
+    # Secrets stay out of the ConfigMap (DOCUMENT_STORE's URL carries the database password).
+    assert not {"JWT_SECRET", "REDIS_PASSWORD", "DOCUMENT_STORE"} & set(config_env)
 
 
 def test_the_service_accepts_the_configmap(
