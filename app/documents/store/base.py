@@ -61,10 +61,10 @@ class DocumentStore(Protocol):
     Every write returns once it is durable. A call that raises StoreError stored nothing, but
     for one whose connection to a database server was lost while its commit was in flight: that
     one may have been stored (retrying is safe: an update applies once however often it is
-    stored). One cancelled while it waits may or may not have been stored. Misuse (an empty update, a
-    compaction outside the document's range) raises ValueError, a compaction of a missing
-    document LookupError: those are not worth retrying. Methods are called from the event loop
-    the store was started on.
+    stored). One cancelled while it waits may or may not have been stored. Misuse (an empty
+    update, a compaction outside the document's range) raises ValueError, a compaction of a
+    missing document LookupError: those are not worth retrying. Methods are called from the
+    event loop the store was started on.
     """
 
     async def start(self) -> None: ...
