@@ -49,9 +49,7 @@ async def test_a_document_stored_by_one_instance_is_read_by_the_next(
             read = await http.get(url, headers=service(second))
             assert read.status_code == 200, read.text
             assert read.json()["text"] == "stored"
-            listing = await http.get(
-                "/internal/projects/shared/documents", headers=service(second)
-            )
+            listing = await http.get("/internal/projects/shared/documents", headers=service(second))
             assert [d["document_id"] for d in listing.json()["documents"]] == ["main.tex"]
         second.stop()
         assert PASSWORD not in second.output()
