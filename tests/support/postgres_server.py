@@ -95,6 +95,8 @@ class PostgresServer:
         self.log_path = root / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._databases = 0
+        # The processes of the last kill, which must be gone before the next start.
+        self._killed: list[int] = []
         self.socket_dir.mkdir()
         if self._user is not None:
             for path in (root, self.socket_dir):
@@ -161,7 +163,7 @@ class PostgresServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                # Its own process group, so that kill and freeze reach every server process.
+                # Out of the test run's process group: a Ctrl-C there is not the server's.
                 start_new_session=True,
                 **self._popen_options(),  # type: ignore[call-overload]
             )  # fmt: skip
@@ -212,17 +214,29 @@ class PostgresServer:
         would: what they had not written is gone; restarting recovers from the WAL."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGKILL)
+        # Stopped first, so that it forks nothing while its children are listed.
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self._killed = _children(self.process.pid)
+        for pid in [self.process.pid, *self._killed]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(STOP_TIMEOUT)
 
     def freeze(self) -> None:
         """SIGSTOP every server process: connections stay open and nothing is answered."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGSTOP)
+        os.kill(self.process.pid, signal.SIGSTOP)
+        for pid in _children(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGCONT)
+        if self.process is None or self.process.poll() is not None:
+            return
+        for pid in _children(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def restart(self) -> PostgresServer:
         self.stop()
@@ -231,12 +245,10 @@ class PostgresServer:
     def _wait_for_old_processes(self) -> None:
         """After a kill, the killed backends must be gone before a new postmaster starts: it
         refuses to while they still hold the old shared memory."""
-        if self.process is None:
-            return
-        group = self.process.pid
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _live_processes_in_group(group) and time.monotonic() < deadline:
+        while any(map(_running, self._killed)) and time.monotonic() < deadline:
             time.sleep(0.02)
+        self._killed = []
 
     def execute(self, sql: str, database: str = "postgres") -> None:
         async def run() -> None:
@@ -261,16 +273,32 @@ class PostgresServer:
         self._dir.cleanup()
 
 
-def _live_processes_in_group(group: int) -> bool:
-    """Whether a process of the group is still running (zombies hold nothing and are ignored)."""
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # The command may contain spaces and parentheses; the fields after its last ")"
-            # are state, ppid, pgrp.
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group and fields[0] != "Z":
-                return True
-    return False
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command (state, ppid, ...), None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command may hold spaces and parentheses: the fields follow its last ")".
+    return text.rsplit(")", 1)[1].split()
+
+
+def _children(parent: int) -> list[int]:
+    """The server's processes: each a child of the postmaster, and each in a process group of
+    its own (PostgreSQL's children call setsid), so no one signal to a group reaches them all."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == parent:
+                children.append(int(entry.name))
+    return children
+
+
+def _running(pid: int) -> bool:
+    """Whether a process still runs (a zombie holds nothing, and may never be reaped)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 @contextlib.contextmanager

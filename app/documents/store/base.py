@@ -37,8 +37,9 @@ class DocumentInfo:
 
 
 class StoreError(Exception):
-    """The store cannot do it right now (I/O, database down): nothing was stored, the caller
-    may retry. The message is safe to log."""
+    """The store cannot do it right now (I/O, database down): nothing was stored (unless the
+    connection to a database server was lost while the commit was in flight), the caller may
+    retry. The message is safe to log."""
 
 
 class StoreBusy(StoreError):
@@ -57,11 +58,13 @@ class DocumentStore(Protocol):
     numbering: a document appended to or created again after a delete starts over at 1.
     `create` seeds a document with a snapshot at seq 1.
 
-    Every write returns once it is durable. A call that raises StoreError stored nothing; one
-    cancelled while it waits may or may not have been stored. Misuse (an empty update, a
-    compaction outside the document's range) raises ValueError, a compaction of a missing
-    document LookupError: those are not worth retrying. Methods are called from the event loop
-    the store was started on.
+    Every write returns once it is durable. A call that raises StoreError stored nothing, but
+    for one whose connection to a database server was lost while its commit was in flight: that
+    one may have been stored (retrying is safe: an update applies once however often it is
+    stored). One cancelled while it waits may or may not have been stored. Misuse (an empty
+    update, a compaction outside the document's range) raises ValueError, a compaction of a
+    missing document LookupError: those are not worth retrying. Methods are called from the
+    event loop the store was started on.
     """
 
     async def start(self) -> None: ...

@@ -1,8 +1,8 @@
-"""The child process of the kill -9 test: appends numbered updates to a SqliteStore from several
+"""The child process of the kill -9 tests: appends numbered updates to a store from several
 coroutines as fast as it can, and writes `document_id seq number` to stdout as soon as each
 append returns, until it is killed.
 
-    python -m tests.unit.documents.store.appender PATH FIRST_NUMBER
+    python -m tests.unit.documents.store.appender PATH|POSTGRESQL_URL FIRST_NUMBER
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 
-from app.documents.store import DocumentKey, SqliteStore
+from app.documents.store import DocumentKey, DocumentStore, PostgresStore, SqliteStore
 
 PROJECT = "durability"
 DOCUMENTS = 3
@@ -27,8 +27,15 @@ def key(number: int) -> DocumentKey:
     return DocumentKey(PROJECT, f"doc-{number % DOCUMENTS}")
 
 
-async def append_forever(path: str, first: int) -> None:
-    store = SqliteStore(path)
+def open_store(target: str) -> DocumentStore:
+    """A SqliteStore on a file, or a PostgresStore on a postgresql:// URL."""
+    if target.startswith("postgresql://"):
+        return PostgresStore(target)
+    return SqliteStore(target)
+
+
+async def append_forever(target: str, first: int) -> None:
+    store = open_store(target)
     await store.start()
 
     async def worker(number: int) -> None:

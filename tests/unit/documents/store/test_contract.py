@@ -12,6 +12,7 @@ from app.documents.store import (
     DocumentKey,
     DocumentStore,
     MemoryStore,
+    PostgresStore,
     SqliteStore,
     StoredDocument,
 )
@@ -21,13 +22,16 @@ pytestmark = pytest.mark.anyio
 KEY = DocumentKey("p1", "main.tex")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DocumentStore]:
     store: DocumentStore
     if request.param == "memory":
         store = MemoryStore()
-    else:
+    elif request.param == "sqlite":
         store = SqliteStore(tmp_path / "documents.sqlite3")
+    else:
+        # A database of the test's own on the session's server (conftest.py).
+        store = PostgresStore(request.getfixturevalue("postgres_dsn"))
     await store.start()
     try:
         yield store
@@ -214,3 +218,23 @@ async def test_heads_are_the_last_seqs_of_the_documents_that_exist(store: Docume
     heads = await store.heads([KEY, other, DocumentKey("p1", "missing")])
 
     assert heads == {KEY: 2, other: 1}
+
+
+async def test_writes_started_without_awaiting_each_are_stored_in_the_order_they_started(
+    store: DocumentStore,
+) -> None:
+    await appended(store, KEY, b"u1", b"u2", b"u3")
+
+    outcomes = await asyncio.gather(
+        store.append(KEY, b"u4"),
+        store.compact(KEY, b"s4", 4),
+        store.append(KEY, b"u5"),
+        store.delete(KEY),
+        store.append(KEY, b"again"),
+        store.create(KEY, b"seed"),
+        store.append(DocumentKey("p1", "other.tex"), b"o1"),
+        store.append(KEY, b"again 2"),
+    )
+
+    assert outcomes == [4, None, 5, True, 1, False, 1, 2]
+    assert await store.load(KEY) == StoredDocument(None, 0, [b"again", b"again 2"], 2)
