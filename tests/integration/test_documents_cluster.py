@@ -16,12 +16,15 @@ import pytest
 from pycrdt import Doc, Text
 from websockets.exceptions import ConnectionClosed
 
+from app.documents.document import LiveDocument
+from app.documents.store.base import DocumentKey
+from app.documents.store.postgres import PostgresStore
 from tests.support.cluster import cluster, redis_state
 from tests.support.postgres_server import PostgresServer, running_postgres
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
-from tests.support.yjs import TEXT_NAME, YjsClient, yjs_client
+from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, yjs_client
 
 pytestmark = pytest.mark.anyio
 
@@ -281,11 +284,13 @@ class Roamer:
 
 
 async def test_nothing_acknowledged_is_lost_through_rounds_of_failures() -> None:
-    with (
-        running_postgres() as postgres,
-        running_redis() as redis,
-        cluster(redis, 3, **documents_env(postgres)) as servers,
-    ):
+    with running_postgres() as postgres, running_redis() as redis:
+        env = documents_env(postgres)
+        await _rounds(redis, postgres, env)
+
+
+async def _rounds(redis: RedisServer, postgres: PostgresServer, env: dict[str, str]) -> None:
+    with cluster(redis, 3, **env) as servers:
         await redis_state(*servers, connected=True)
         roamers = [Roamer(name, servers, seed) for seed, name in enumerate(("ann", "bob", "cat"))]
         rng = random.Random(11)
@@ -339,6 +344,14 @@ async def test_nothing_acknowledged_is_lost_through_rounds_of_failures() -> None
         # The clients of the killed instances went elsewhere.
         assert sum(roamer.connections for roamer in roamers) > len(roamers)
         assert sum(len(roamer.acknowledged) for roamer in roamers) > 100
+    # And the store itself, read by nobody's copy.
+    store = PostgresStore(env["DOCUMENT_STORE"])
+    await store.start()
+    try:
+        stored = await store.load(DocumentKey("chaos", DOCUMENT_ID))
+    finally:
+        await store.stop()
+    assert LiveDocument(DocumentKey("chaos", DOCUMENT_ID), TEXT_NAME, stored).text() == final
 
 
 async def _store_failing(servers: list[ServerProcess]) -> bool:
