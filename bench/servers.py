@@ -120,10 +120,10 @@ class Process:
         _LIVE.add(self.process)
         self.pin()
 
-    def pin(self) -> None:
-        """Move every thread of the process to the server core (threads started later
-        inherit it); called at spawn and again once the process is up."""
-        cores = self._pinning.server
+    def pin(self, cores: set[int] | None = None) -> None:
+        """Move every thread of the process to the server core, or to `cores` (threads
+        started later inherit it); called at spawn and again once the process is up."""
+        cores = cores or self._pinning.server
         if cores is None or not self.alive():
             return
         for task in Path(f"/proc/{self.pid}/task").iterdir():
@@ -457,8 +457,8 @@ class PostgresProcess(Process):
                     pids.append(pid)
         return pids
 
-    def pin(self) -> None:
-        cores = self._pinning.server
+    def pin(self, cores: set[int] | None = None) -> None:
+        cores = cores or self._pinning.server
         if cores is None or not self.alive():
             return
         for pid in self.group():
@@ -478,6 +478,28 @@ class PostgresProcess(Process):
                 if pid == self.pid:
                     total += int(fields[13]) + int(fields[14])
         return total / CLOCK_TICKS
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """`cpu_seconds` by what each process is, from the title PostgreSQL gives it
+        ("postgres: walwriter", "postgres: autovacuum worker", a backend's "postgres: USER
+        DATABASE HOST(PORT) STATE": `backend`); exited processes' time is `exited`."""
+        roles: dict[str, float] = {}
+        for pid in self.group():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                if pid == self.pid:
+                    role = "postmaster"
+                    exited = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+                    roles["exited"] = roles.get("exited", 0.0) + exited
+                elif f" {self.SUPERUSER} " in f"{title} ":
+                    role = "backend"
+                else:
+                    role = title.removeprefix("postgres: ").strip() or "other"
+                used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                roles[role] = roles.get(role, 0.0) + used
+        return roles
 
     def rss_kib(self) -> int:
         """VmRSS summed over the cluster's processes (shared memory counted once per

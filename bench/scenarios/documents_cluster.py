@@ -153,6 +153,7 @@ class Cluster:
     pg: asyncpg.Connection
     kv: Redis
     prefix: str
+    pinning: Pinning
     clients: list[Client] = field(default_factory=list)
 
     @property
@@ -257,6 +258,14 @@ async def pg_counters(pg: asyncpg.Connection) -> dict[str, float]:
     counters.update(
         {f"wal_{name.removeprefix('wal_')}": float(value) for name, value in wal.items()}
     )
+    tables = await pg.fetchrow(
+        "SELECT sum(n_tup_ins) AS inserted, sum(n_tup_upd) AS updated,"
+        " sum(n_tup_hot_upd) AS hot_updated, sum(n_tup_del) AS deleted,"
+        " sum(autovacuum_count) AS autovacuums, sum(autoanalyze_count) AS autoanalyzes"
+        " FROM pg_stat_user_tables WHERE relname IN ('yjs_documents', 'yjs_updates')"
+    )
+    assert tables is not None
+    counters.update({f"tables_{name}": float(value or 0) for name, value in tables.items()})
     return counters
 
 
@@ -287,7 +296,25 @@ def per_second(before: dict[str, float], after: dict[str, float], seconds: float
         # Share of the wall time some process was waiting for a WAL fsync.
         "sync_busy_pct": round(delta.get("wal_sync_time", 0.0) / 1000 / seconds * 100, 1),
     }
+    # Rows of the two tables (cumulative statistics: flushed by each backend at most once a
+    # second, so a few seconds' window is approximate) and autovacuum's runs on them.
+    out["tables"] = {
+        key.removeprefix("tables_"): round(value / seconds, 1)
+        for key, value in delta.items()
+        if key.startswith("tables_")
+    }
     return out
+
+
+def role_rates(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """% of a core each kind of PostgreSQL process used over a window."""
+    return {
+        role: round((after.get(role, 0.0) - before.get(role, 0.0)) / seconds * 100, 1)
+        for role in sorted(set(before) | set(after))
+        if after.get(role, 0.0) - before.get(role, 0.0) > 0
+    }
 
 
 SIZES = """
@@ -421,7 +448,7 @@ async def start_cluster(plan: Plan, pinning: Pinning, log: Log) -> Cluster:
         await pg.execute("SELECT pg_stat_statements_reset()")
         version = await pg.fetchval("SHOW server_version")
         log(f"F PostgreSQL {version} and Redis of its own, two instances on them")
-        return Cluster(postgres, redis, instances[0], instances[1], pg, kv, prefix)
+        return Cluster(postgres, redis, instances[0], instances[1], pg, kv, prefix, pinning)
     except BaseException:
         for process in started:
             process.stop()
@@ -907,18 +934,35 @@ class Typing:
         return acks, far
 
 
+def apart_noise(cluster: Cluster, usage: dict[str, float]) -> None:
+    """With PostgreSQL and Redis moved to the load core, what other processes took of each
+    core: the server core's share is what the instances did not use of it."""
+    server, load = cluster.pinning.server, cluster.pinning.load
+    if not server or not load:
+        return
+    busy = usage.get(f"cpu{min(server)}_busy_pct", 0.0)
+    ours = usage["instance_a_cpu_pct"] + usage["instance_b_cpu_pct"]
+    usage["server_core_other_pct"] = round(max(0.0, busy - ours), 1)
+    busy = usage.get(f"cpu{min(load)}_busy_pct", 0.0)
+    ours = usage["postgres_cpu_pct"] + usage["redis_cpu_pct"] + usage["loadgen_cpu_pct"]
+    usage["load_core_other_pct"] = round(max(0.0, busy - ours), 1)
+
+
 async def typing_window(
     cluster: Cluster, typing: Typing, seconds: float, core: int | None
 ) -> dict[str, Any]:
     """One measured stretch of `seconds` while the typists type."""
     acks_before, counts_before = typing.acked(), typing.counts()
     pg_before, kv_before = await pg_counters(cluster.pg), await redis_counters(cluster.kv)
+    roles = cluster.postgres.cpu_by_role()
     cpu = Window.open(cluster.processes, core)
     started = time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - started
     acks = typing.acked() - acks_before
     usage = cpu.close()
+    roles = role_rates(roles, cluster.postgres.cpu_by_role(), elapsed)
+    apart_noise(cluster, usage)
     counts_after = typing.counts()
     pg_after, kv_after = await pg_counters(cluster.pg), await redis_counters(cluster.kv)
     postgres = per_second(pg_before, pg_after, elapsed)
@@ -934,6 +978,7 @@ async def typing_window(
         # them is acknowledged and delivered (`store_saturation`).
         "sent_span": (counts_before, counts_after),
         "cpu": usage,
+        "postgres_cpu_pct_by_process": roles,
         "cpu_us_per_ack": {
             name: round(usage[f"{name}_cpu_pct"] / 100 * 1e6 / rate, 1)
             for name in cluster.processes
@@ -956,7 +1001,32 @@ async def store_saturation(
     """`typists` documents, each with a typist (on A for even ones, B for odd) and a reader on
     the other instance. After a warm-up second, windows of `store_seconds` are measured until
     one is quiet (other processes under `noise_limit` % of the server core; at most
-    1 + `noise_retries`); the quietest is kept."""
+    1 + `noise_retries`); the quietest is kept.
+
+    Meanwhile PostgreSQL and Redis run on the load core (whose load generator, in this
+    phase, only answers acknowledgements): sharing the instances' core, each process woken
+    by a write of another preempts the writer, and the saturated core would not tell which
+    of them runs out first. With a core to themselves, the instances' core saturates and
+    PostgreSQL's and Redis's CPU shows how far they are from theirs."""
+    pinning = cluster.pinning
+    if pinning.load:
+        cluster.postgres.pin(pinning.load)
+        cluster.redis.pin(pinning.load)
+    try:
+        return await saturated(cluster, plan, typists, frames, seed, core)
+    finally:
+        cluster.postgres.pin()
+        cluster.redis.pin()
+
+
+async def saturated(
+    cluster: Cluster,
+    plan: Plan,
+    typists: int,
+    frames: list[bytes],
+    seed: bytes,
+    core: int | None,
+) -> dict[str, Any]:
     projects = [f"f-sat{typists}-{i}" for i in range(typists)]
     meter, own_meter, health = Meter(), Meter(), Health()
     writers, owns = await open_lanes(
@@ -1024,18 +1094,18 @@ async def store_alone(
     cluster: Cluster,
     plan: Plan,
     writers: int,
+    appenders: int,
     update: bytes,
     core: int | None,
 ) -> dict[str, Any]:
     """`writers` PostgresStores (each the writer connection of one instance) in the load
-    process, `store_appenders` documents spread over them, each appending one update after
+    process, `appenders` documents spread over them, each appending one update after
     the other: the store's statements with nothing of the service around them. Windows as in
     `store_saturation`."""
-    appenders = plan.store_appenders
     stores = [PostgresStore(cluster.postgres.dsn()) for _ in range(writers)]
     for store in stores:
         await store.start()
-    keys = [DocumentKey(f"f-alone{writers}", f"doc-{a}") for a in range(appenders)]
+    keys = [DocumentKey(f"f-alone{writers}x{appenders}", f"doc-{a}") for a in range(appenders)]
     latencies: list[float] = []
     stopped = False
 
@@ -1054,11 +1124,13 @@ async def store_alone(
         for _ in range(1 + plan.noise_retries):
             done = len(latencies)
             before = await pg_counters(cluster.pg)
+            roles = cluster.postgres.cpu_by_role()
             cpu = Window.open({"postgres": cluster.postgres}, core)
             began = time.monotonic()
             await asyncio.sleep(plan.store_seconds)
             elapsed = time.monotonic() - began
             usage = cpu.close()
+            roles = role_rates(roles, cluster.postgres.cpu_by_role(), elapsed)
             postgres = per_second(before, await pg_counters(cluster.pg), elapsed)
             rate = (len(latencies) - done) / elapsed
             append = postgres.get("append", {})
@@ -1072,6 +1144,7 @@ async def store_alone(
                         usage["postgres_cpu_pct"] / 100 * 1e6 / rate, 2
                     ),
                     "cpu": usage,
+                    "postgres_cpu_pct_by_process": roles,
                     "postgres": postgres,
                 }
             )
@@ -1163,11 +1236,12 @@ async def scenario_f(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
         raw.prepare(1)
         keystroke = raw.next(0, 0)
         alone = []
-        for writers in plan.store_writers:
-            run = await store_alone(cluster, plan, writers, keystroke, core)
+        for writers, appenders in plan.store_alone:
+            run = await store_alone(cluster, plan, writers, appenders, keystroke, core)
             alone.append(run)
             log(
-                f"F PostgreSQL alone, {writers} writers: {run['appends_per_s']:,.0f} appends/s,"
+                f"F PostgreSQL alone, {writers} writers, {appenders} appenders:"
+                f" {run['appends_per_s']:,.0f} appends/s,"
                 f" {run['appends_per_commit']} a commit, PostgreSQL at"
                 f" {run['cpu']['postgres_cpu_pct']}% of a core, load"
                 f" {run['cpu']['loadgen_cpu_pct']}%"

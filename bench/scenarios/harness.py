@@ -65,16 +65,15 @@ class Plan:
     # the service keeps before compacting is 499) for bytes per document, resident on both
     # instances for `idle_seconds` to cost the catch-up; the store saturated by each number
     # of `store_typists` (a document each) for `store_seconds`, each typist having
-    # `store_frames` updates ready; then PostgreSQL alone, with `store_appenders` appenders
-    # over each number of `store_writers` writer connections.
+    # `store_frames` updates ready; then PostgreSQL alone, for each (writer connections,
+    # appenders) of `store_alone`.
     cluster_documents: int = 500
     cluster_log: int = 499
     idle_seconds: float = 10.0  # at least 5 s: see documents_at_rest
     store_typists: tuple[int, ...] = (16, 64, 256, 512)
     store_seconds: float = 5.0
     store_frames: int = 20_000
-    store_writers: tuple[int, ...] = (2, 8)
-    store_appenders: int = 512
+    store_alone: tuple[tuple[int, int], ...] = ((2, 16), (2, 512), (8, 512))
     # bench.experiments prototypes applied to the service (none by default).
     service_patches: tuple[str, ...] = ()
 
@@ -98,8 +97,7 @@ class Plan:
             store_typists=(16, 128),
             store_seconds=2.0,
             store_frames=8_000,
-            store_writers=(2,),
-            store_appenders=256,
+            store_alone=((2, 16), (2, 256)),
         )
 
 
