@@ -1286,7 +1286,8 @@ def rows(
     shares = ", ".join(f"{name} {best['cpu'][f'{name}_cpu_pct']}" for name in CPU_NAMES)
     note = (
         f"{best['appends_per_s']} appends/s in {best['commits_per_s']} commits/s;"
-        f" CPU % of the server core: {shares}"
+        f" CPU, % of a core: {shares} (the instances on one core; PostgreSQL and Redis on"
+        " the load generator's)"
     )
     metric = f"acks/s at saturation, {best['typists']} typists on as many documents"
     out.append(Row("F", metric, "1/s", best["acks_per_s"], None, note=note))
