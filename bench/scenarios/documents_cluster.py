@@ -245,9 +245,13 @@ async def pg_counters(pg: asyncpg.Connection) -> dict[str, float]:
     """Cumulative counters: per kind of statement its calls, rows and execution time (ms,
     pg_stat_statements), and the WAL's records, bytes, writes and syncs with their time."""
     counters: dict[str, float] = {}
-    for row in await pg.fetch("SELECT query, calls, rows, total_exec_time FROM pg_stat_statements"):
+    statements = await pg.fetch(
+        "SELECT query, calls, rows, total_exec_time,"
+        " shared_blks_hit + shared_blks_read AS blocks FROM pg_stat_statements"
+    )
+    for row in statements:
         kind = statement_kind(row["query"])
-        for name in ("calls", "rows", "total_exec_time"):
+        for name in ("calls", "rows", "total_exec_time", "blocks"):
             key = f"{kind}_{name}"
             counters[key] = counters.get(key, 0.0) + float(row[name])
     wal = await pg.fetchrow(
@@ -284,6 +288,8 @@ def per_second(before: dict[str, float], after: dict[str, float], seconds: float
             "rows_per_s": round(delta.get(f"{kind}_rows", 0.0) / seconds, 1),
             "rows_per_call": round(delta.get(f"{kind}_rows", 0.0) / calls, 2),
             "exec_ms_per_call": round(exec_ms / calls, 4),
+            # Shared buffers touched: how much of the tables a call reads.
+            "blocks_per_call": round(delta.get(f"{kind}_blocks", 0.0) / calls, 1),
             "exec_share_pct": round(exec_ms / 1000 / seconds * 100, 1),
         }
     syncs = delta.get("wal_sync", 0.0)
@@ -777,6 +783,7 @@ class DocRoom:
     groups: dict[str, list[Lane]]
     meter: Meter
     health: Health
+    clients: list[Client]
 
 
 async def open_room(
@@ -786,7 +793,7 @@ async def open_room(
     one synced, the typist's paragraph delivered to all."""
     meter, health = Meter(), Health()
     on = [cluster.a] * on_a + [cluster.b] * on_b
-    _, lanes = await open_lanes(
+    readers, lanes = await open_lanes(
         cluster, [project] * len(on), on, meter, health, first, f"F {project}"
     )
     own_meter = Meter()
@@ -803,6 +810,7 @@ async def open_room(
         {"same_instance": lanes[:on_a], "other_instance": lanes[on_a:]},
         meter,
         health,
+        [*readers, *senders],
     )
 
 
@@ -858,6 +866,8 @@ async def latency(cluster: Cluster, plan: Plan, core: int | None, log: Log) -> d
     ]
     readers = [lane for group in room.groups.values() for lane in group]
     fail_on([lone.own, room.own, *readers], room.health, "F room")
+    # Closed, so that the next phase has only its own documents resident.
+    await release(cluster, [*lone.clients, *room.clients], "f-%")
     result = {
         "lone": lone_runs,
         "room_saturation": saturation,
