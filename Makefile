@@ -35,7 +35,7 @@ token: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-## bench: the performance benchmark against a reference relay and the y-websocket server (about 12 minutes; needs Node.js 20 and npm for E; docs/performance.md)
+## bench: the performance benchmark against a reference relay and the y-websocket server (about 16 minutes; needs Node.js 20 and npm for E, PostgreSQL's server programs and redis-server for F; docs/performance.md)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -1,8 +1,9 @@
 """`python -m bench`: run the scenarios, print the table, write the JSON.
 
-python -m bench                      # everything (about 13 minutes; D holds for 5 minutes)
+python -m bench                      # everything (about 17 minutes; D holds for 5 minutes)
 python -m bench --quick              # smaller and shorter, for a quick check
 python -m bench --scenario A,B       # a selection (--scenario E: documents alone)
+python -m bench --scenario F         # documents on two instances, PostgreSQL and Redis
 python -m bench --out results.json   # somewhere else than bench/results/latest.json
 """
 
@@ -26,6 +27,7 @@ import uvloop
 from bench.experiments import PATCHES
 from bench.measure import machine, revision
 from bench.scenarios.documents import scenario_e
+from bench.scenarios.documents_cluster import scenario_f
 from bench.scenarios.fanout import scenario_b
 from bench.scenarios.harness import Outcome, Plan, Row
 from bench.scenarios.idle import scenario_d
@@ -40,6 +42,7 @@ SCENARIOS = {
     "C": "across two instances through Redis",
     "D": "many connections held with heartbeats",
     "E": "documents: every update applied, against the y-websocket server",
+    "F": "documents across two instances on one PostgreSQL and one Redis",
 }
 
 
@@ -54,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smaller N and a 20 s hold")
-    parser.add_argument("--scenario", default="A,B,C,D,E", help="comma-separated, e.g. A,B")
+    parser.add_argument("--scenario", default="A,B,C,D,E,F", help="comma-separated, e.g. A,B")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON path")
     parser.add_argument("--hold", type=float, help="D: seconds to hold the connections")
     parser.add_argument("--connections", type=int, help="D: how many connections")
@@ -163,6 +166,7 @@ async def run(args: argparse.Namespace, plan: Plan, pinning: Pinning) -> dict[st
         "C": lambda: scenario_c(plan, pinning, log),
         "D": lambda: scenario_d(plan, pinning, log),
         "E": lambda: scenario_e(plan, pinning, log),
+        "F": lambda: scenario_f(plan, pinning, log),
     }
     rows: list[Row] = []
     details: dict[str, Any] = {}

@@ -1,5 +1,6 @@
-"""The processes under test: the service (`python -m app`), the reference relay, Redis, and
-the y-websocket server (Node.js) that scenario E compares documents with.
+"""The processes under test: the service (`python -m app`), the reference relay, Redis,
+PostgreSQL (the documents' shared store in scenario F), and the y-websocket server (Node.js)
+that scenario E compares documents with.
 
 Each is a subprocess pinned to the server core, started with the file-descriptor limit this
 process raised, and observed from outside through /proc: VmRSS for memory, utime + stime for CPU.
@@ -7,11 +8,15 @@ process raised, and observed from outside through /proc: VmRSS for memory, utime
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -22,8 +27,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
 
 ROOT = Path(__file__).resolve().parents[1]
 # The y-websocket server's package.json and lockfile (versions pinned); `npm ci` installs it
@@ -34,6 +42,7 @@ _LIVE: set[subprocess.Popen[bytes]] = set()
 SECRET = "bench-secret-" + "b" * 40
 START_TIMEOUT = 30.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -111,10 +120,10 @@ class Process:
         _LIVE.add(self.process)
         self.pin()
 
-    def pin(self) -> None:
-        """Move every thread of the process to the server core (threads started later
-        inherit it); called at spawn and again once the process is up."""
-        cores = self._pinning.server
+    def pin(self, cores: set[int] | None = None) -> None:
+        """Move every thread of the process to the server core, or to `cores` (threads
+        started later inherit it); called at spawn and again once the process is up."""
+        cores = cores or self._pinning.server
         if cores is None or not self.alive():
             return
         for task in Path(f"/proc/{self.pid}/task").iterdir():
@@ -302,6 +311,227 @@ class RedisProcess(Process):
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder holding PostgreSQL's `initdb` and `postgres`: on PATH, else the newest of
+    Debian's /usr/lib/postgresql/VERSION/bin."""
+    found = shutil.which("initdb")
+    if found and shutil.which("postgres"):
+        real = Path(found).resolve().parent
+        if (real / "postgres").is_file():
+            return real
+
+    def version(directory: str) -> tuple[int, ...]:
+        name = Path(directory).parent.name
+        return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+    for directory in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True):
+        if all(os.access(Path(directory) / name, os.X_OK) for name in ("initdb", "postgres")):
+            return Path(directory)
+    return None
+
+
+class PostgresProcess(Process):
+    """A private PostgreSQL cluster: `initdb` into the temporary directory, then `postgres` on
+    a free port of 127.0.0.1, with the durability the store promises (fsync and
+    synchronous_commit on, the defaults), pg_stat_statements loaded and WAL I/O timed. As
+    root, both run as the `postgres` user (or `nobody`): PostgreSQL refuses root.
+
+    The postmaster forks a process per connection and a few helpers: every one is pinned to
+    the server core (forks inherit it) and counted in `cpu_seconds`."""
+
+    name = "postgres"
+    SUPERUSER = "postgres"
+    DATABASE = "bench"
+
+    def __init__(self, pinning: Pinning) -> None:
+        super().__init__(pinning)
+        self._user: pwd.struct_passwd | None = None
+        if os.geteuid() == 0:
+            for candidate in ("postgres", "nobody"):
+                with contextlib.suppress(KeyError):
+                    self._user = pwd.getpwnam(candidate)
+                    break
+            if self._user is None:
+                raise RuntimeError("running as root with neither a postgres nor a nobody user")
+            os.chown(self._dir.name, self._user.pw_uid, self._user.pw_gid)
+        self.data_dir = Path(self._dir.name) / "data"
+
+    def _options(self) -> dict[str, object]:
+        options: dict[str, object] = {
+            "env": {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+            "cwd": self._dir.name,
+        }
+        if self._user is not None:
+            options |= {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        return options
+
+    def start(self) -> PostgresProcess:
+        binaries = postgres_bin_dir()
+        if binaries is None:
+            raise RuntimeError("scenario F needs PostgreSQL's server programs (initdb, postgres)")
+        initdb = [str(binaries / "initdb"), "--pgdata", str(self.data_dir), "--username",
+                  self.SUPERUSER, "--auth", "trust", "--encoding", "UTF8", "--no-locale",
+                  "--no-instructions"]  # fmt: skip
+        done = subprocess.run(  # noqa: S603 - initdb with fixed arguments
+            initdb, capture_output=True, check=False, timeout=120, **self._options()
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{(done.stdout + done.stderr).decode()[-4000:]}")
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": self._dir.name,
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "max_connections": "200",
+            "shared_preload_libraries": "pg_stat_statements",
+            "pg_stat_statements.track": "all",
+            "track_wal_io_timing": "on",
+            "track_io_timing": "on",
+            "logging_collector": "off",
+        }
+        argv = [str(binaries / "postgres"), "-D", str(self.data_dir)]
+        for name, value in settings.items():
+            argv += ["-c", f"{name}={value}"]
+        log = (Path(self._dir.name) / "output.log").open("wb")
+        self.process = subprocess.Popen(  # noqa: S603 - postgres with fixed arguments
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            **self._options(),  # type: ignore[arg-type]
+        )
+        log.close()
+        _LIVE.add(self.process)
+        self._started(self._wait_accepting)
+        return self
+
+    def _wait_accepting(self) -> None:
+        """Until a connection answers; then the database the store gets, with
+        pg_stat_statements in it."""
+
+        async def probe() -> bool:
+            try:
+                connection = await asyncpg.connect(self.dsn("postgres"), timeout=2)
+            except (OSError, TimeoutError, asyncpg.PostgresError):
+                return False
+            await connection.close()
+            return True
+
+        async def prepare() -> None:
+            connection = await asyncpg.connect(self.dsn("postgres"), timeout=10)
+            try:
+                await connection.execute(f"CREATE DATABASE {self.DATABASE}")
+            finally:
+                await connection.close()
+            connection = await asyncpg.connect(self.dsn(), timeout=10)
+            try:
+                await connection.execute("CREATE EXTENSION pg_stat_statements")
+            finally:
+                await connection.close()
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"postgres exited:\n{self.output()}")
+            if run_coroutine(probe):
+                run_coroutine(prepare)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres did not accept connections in {START_TIMEOUT}s")
+
+    def dsn(self, database: str | None = None) -> str:
+        return f"postgresql://{self.SUPERUSER}@127.0.0.1:{self.port}/{database or self.DATABASE}"
+
+    def group(self) -> list[int]:
+        """The pids of every process of the cluster: the postmaster and its children (each of
+        which is a session of its own, so they are found by parent, not by group)."""
+        pids = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(Path(stat).parent.name)
+                fields = Path(stat).read_text().rpartition(")")[2].split()
+                if (pid == self.pid or int(fields[1]) == self.pid) and fields[0] != "Z":
+                    pids.append(pid)
+        return pids
+
+    def pin(self, cores: set[int] | None = None) -> None:
+        cores = cores or self._pinning.server
+        if cores is None or not self.alive():
+            return
+        for pid in self.group():
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    os.sched_setaffinity(int(task.name), cores)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of every live process of the cluster, plus what its exited
+        children (backends of closed connections) left in the postmaster's cutime + cstime."""
+        total = 0.0
+        for pid in self.group():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])
+                if pid == self.pid:
+                    total += int(fields[13]) + int(fields[14])
+        return total / CLOCK_TICKS
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """`cpu_seconds` by what each process is, from the title PostgreSQL gives it
+        ("postgres: walwriter", "postgres: autovacuum worker", a backend's "postgres: USER
+        DATABASE HOST(PORT) STATE": `backend`); exited processes' time is `exited`."""
+        roles: dict[str, float] = {}
+        for pid in self.group():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                if pid == self.pid:
+                    role = "postmaster"
+                    exited = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+                    roles["exited"] = roles.get("exited", 0.0) + exited
+                elif f" {self.SUPERUSER} " in f"{title} ":
+                    role = "backend"
+                else:
+                    role = title.removeprefix("postgres: ").strip() or "other"
+                used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                roles[role] = roles.get(role, 0.0) + used
+        return roles
+
+    def rss_kib(self) -> int:
+        """VmRSS summed over the cluster's processes (shared memory counted once per
+        process that touched it: an upper bound)."""
+        total = 0
+        for pid in self.group():
+            with (
+                contextlib.suppress(OSError, ValueError),
+                open(f"/proc/{pid}/status", encoding="ascii") as status,
+            ):
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+    def stop(self) -> None:
+        """SIGKILL the postmaster and its children (the data goes with the directory)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                for pid in self.group():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.process.wait(10)
+            _LIVE.discard(self.process)
+        self._dir.cleanup()
+
+
+def run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on an event loop of its own, in a thread of its own: from
+    the thread a server is started in (`asyncio.to_thread`) or from the event loop's."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, make()).result()
 
 
 def _peer_lock_digest() -> str:

@@ -60,6 +60,20 @@ class Plan:
     document_bytes: int = 10_000
     late_document_bytes: int = 1 << 20
     late_joiners: int = 5
+    # F: documents on two instances sharing one PostgreSQL and one Redis. `cluster_documents`
+    # documents of `document_bytes` characters with a log of `cluster_log` appends (the most
+    # the service keeps before compacting is 499) for bytes per document, resident on both
+    # instances for `idle_seconds` to cost the catch-up; the store saturated by each number
+    # of `store_typists` (a document each) for `store_seconds`, each typist having
+    # `store_frames` updates ready; then PostgreSQL alone, for each (writer connections,
+    # appenders) of `store_alone`.
+    cluster_documents: int = 500
+    cluster_log: int = 499
+    idle_seconds: float = 10.0  # at least 5 s: see documents_at_rest
+    store_typists: tuple[int, ...] = (16, 64, 256, 512)
+    store_seconds: float = 5.0
+    store_frames: int = 20_000
+    store_alone: tuple[tuple[int, int], ...] = ((2, 16), (2, 512), (8, 512))
     # bench.experiments prototypes applied to the service (none by default).
     service_patches: tuple[str, ...] = ()
 
@@ -78,6 +92,12 @@ class Plan:
             lone_seconds=2.0,
             document_count=100,
             late_joiners=3,
+            cluster_documents=100,
+            idle_seconds=6.0,
+            store_typists=(16, 128),
+            store_seconds=2.0,
+            store_frames=8_000,
+            store_alone=((2, 16), (2, 256)),
         )
 
 
