@@ -60,6 +60,13 @@ SCHEMA = (
         UNIQUE (project_id, document_id)
     )
     """,
+    # Every append rewrites its document's row: with pages half empty the new version fits
+    # beside the old one (a HOT update, no index entry). Measured with 32 typists for 12 s:
+    # the table grew from 24 KB to 24 MB for 32 live rows at the default 100, 344 KB at 50.
+    # ALTER, not only CREATE: tables made by an earlier start get it too.
+    """
+    ALTER TABLE yjs_documents SET (fillfactor = 50)
+    """,
     """
     CREATE TABLE IF NOT EXISTS yjs_updates (
         document bigint NOT NULL REFERENCES yjs_documents (id) ON DELETE CASCADE,
