@@ -34,6 +34,9 @@ class DocumentHooks:
         return None
 
     def apply(self, room: Room, event: RoomEvent) -> None:
+        if event.type == "yjs_document_deleted":
+            self._deleted(event)
+            return
         if event.type != "yjs_update" and event.type != "yjs_awareness":
             return
         try:
@@ -65,3 +68,17 @@ class DocumentHooks:
                 "applying an update from another instance failed",
                 extra={"event": "remote_update_failed", "project_id": event.project_id},
             )
+
+    def _deleted(self, event: RoomEvent) -> None:
+        """Deleted through another instance: this copy goes, and its users' later updates are
+        refused instead of writing it back."""
+        try:
+            document_id = from_json(event.payload)["document_id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if not isinstance(document_id, str):
+            return
+        document = self._library.resident(DocumentKey(event.project_id, document_id))
+        if document is not None:
+            document.deleted = True
+            self._library.forget(document)

@@ -226,9 +226,9 @@ class DocumentService:
         return await self.change(key, author, text=text, only_new=True)
 
     async def delete(self, key: DocumentKey) -> bool:
-        """Forget the document; its connected users are told with `error` `document_deleted`.
-        No load of it starts until the store has deleted it, or the row being deleted could
-        be read back and written again."""
+        """Forget the document, on every instance; every client of the project is told with
+        `yjs_document_deleted`. No load of it starts until the store has deleted it, or the
+        row being deleted could be read back and written again."""
         async with self.library.deleting(key) as document:
             if document is not None:
                 document.deleted = True
@@ -244,12 +244,16 @@ class DocumentService:
                 if document is not None:
                     document.deleted = False
                 raise _store_down() from None
+            # Every instance's copy goes too, and every client learns it, on every instance.
+            self._registry.publish_event(
+                key.project_id,
+                "yjs_document_deleted",
+                {"document_id": key.document_id},
+                user_id="server",
+                username="server",
+                applied=True,
+            )
             if document is None:
                 return existed
             self.library.forget(document)
-            for user in document.users:
-                connection = self._registry.member(key.project_id, user)
-                if connection is not None:
-                    payload = {**deleted().payload(), "document_id": key.document_id}
-                    self._registry.send(connection, "error", payload)
             return True

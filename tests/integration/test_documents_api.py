@@ -354,9 +354,8 @@ async def test_a_document_a_client_has_open_can_be_deleted(
         assert deleted.status_code == 204
         gone = await http.get(url("deleting-open", "main.tex"), headers=service(server))
         assert gone.status_code == 404
-        told = await next_of(ws, "error")
-        assert told["payload"]["code"] == "document_deleted"
-        assert told["payload"]["document_id"] == "main.tex"
+        told = await next_of(ws, "yjs_document_deleted")
+        assert told["payload"] == {"document_id": "main.tex"}
 
         # An edit made against the deleted document is refused, not stored into a new one.
         change = edit(b"\x00\x00", lambda text: text.insert(0, " world"))

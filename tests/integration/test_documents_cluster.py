@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from app.documents.document import LiveDocument
 from app.documents.store.base import DocumentKey
 from app.documents.store.postgres import PostgresStore
+from tests.support.clients import receive
 from tests.support.cluster import cluster, redis_state
 from tests.support.postgres_server import PostgresServer, running_postgres
 from tests.support.redis_server import RedisServer, running_redis
@@ -202,6 +203,30 @@ async def test_a_database_outage_pauses_acknowledgements_and_loses_nothing(
             postgres.start()
             await ann.read_until(lambda: ann.saved)
         assert await text_on(two, "p") == "typed while the database was down"
+
+
+async def test_a_delete_on_one_instance_ends_the_document_on_every_instance(
+    postgres: PostgresServer, redis: RedisServer
+) -> None:
+    with cluster(redis, 2, **documents_env(postgres)) as (one, two):
+        await redis_state(one, two, connected=True)
+        async with synced(two.ws_url("p", two.token("bob")), "bob") as bob:
+            await type_text(bob, "doomed")
+            service = one.token("project-service", extra={"roles": ["service"]})
+            async with httpx.AsyncClient(base_url=one.http_url) as http:
+                path = f"/internal/projects/p/documents/{DOCUMENT_ID}"
+                headers = {"Authorization": f"Bearer {service}"}
+                assert (await http.delete(path, headers=headers)).status_code == 204
+                told = await receive(bob.ws)
+                assert told["type"] == "yjs_document_deleted"
+                assert told["payload"] == {"document_id": DOCUMENT_ID}
+                # An edit made against it on the other instance does not bring it back.
+                bob.text.insert(0, "x")
+                await bob.flush()
+                refused = await receive(bob.ws)
+                assert refused["type"] == "error"
+                assert refused["payload"]["code"] == "document_deleted"
+                assert (await http.get(path, headers=headers)).status_code == 404
 
 
 async def test_instances_writing_different_wire_versions_share_documents(

@@ -24,6 +24,7 @@ from app.protocols.json.messages import (
     PresenceStatePayload,
     UserPresencePayload,
     YjsAckPayload,
+    YjsDocumentDeletedPayload,
 )
 
 REF = "#/components/schemas/{model}"
@@ -67,6 +68,11 @@ _DOCS: dict[str, tuple[str, dict[str, Any]]] = {
         "One part of an update too large for one message (MAX_MESSAGE_SIZE): parts 0, 1, ... "
         "of one document in order, the last with final true; then handled as one yjs_update.",
         {"document_id": "main.tex", "index": 0, "final": False, "data": "AQHYo8X2Bw=="},
+    ),
+    "yjs_document_deleted": (
+        "A backend service deleted the document: close it; a new sync step starts it again, "
+        "empty. Sent to every connection of the project, on every instance.",
+        {"document_id": "old-chapter.tex"},
     ),
     "yjs_ack": (
         "One accepted yjs_update or yjs_sync_step2 of this connection is durable; in the "
@@ -112,6 +118,7 @@ _SERVER_PAYLOADS: dict[str, type[BaseModel] | None] = {
     "error": ErrorPayload,
     "auth_refreshed": AuthRefreshedPayload,
     "yjs_ack": YjsAckPayload,
+    "yjs_document_deleted": YjsDocumentDeletedPayload,
     "pong": None,
 }
 

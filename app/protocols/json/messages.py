@@ -42,7 +42,16 @@ DURABLE_TYPES = frozenset(
 )
 RELAYED_TYPES = EPHEMERAL_TYPES | DURABLE_TYPES
 SERVER_ONLY_TYPES = frozenset(
-    {"user_joined", "user_left", "presence_state", "pong", "error", "auth_refreshed", "yjs_ack"}
+    {
+        "user_joined",
+        "user_left",
+        "presence_state",
+        "pong",
+        "error",
+        "auth_refreshed",
+        "yjs_ack",
+        "yjs_document_deleted",
+    }
 )
 # Sent by the server to one connection as well as by clients: the sync step's two halves.
 SYNC_TYPES = frozenset({"yjs_sync_step1", "yjs_sync_step2"})
@@ -348,6 +357,10 @@ class UserPresencePayload(BaseModel):
 
 class AuthRefreshedPayload(BaseModel):
     expires_at: str = Field(description="The connection's new deadline, RFC 3339 UTC")
+
+
+class YjsDocumentDeletedPayload(BaseModel):
+    document_id: str = Field(description="The document a backend service deleted")
 
 
 class YjsAckPayload(BaseModel):
