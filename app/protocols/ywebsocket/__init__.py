@@ -1,0 +1,1 @@
+"""The stock y-websocket protocol (y-protocols sync, awareness, auth) of `/yjs/`."""
