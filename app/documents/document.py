@@ -122,7 +122,7 @@ class LiveDocument:
         self.applied_seq = stored.last_seq if stored else 0
         self._own: set[int] = set()
         # The last seq this instance stored, and the seq of the snapshot the store holds.
-        self.stored_seq = stored.last_seq if stored else 0
+        self.stored_seq = 0
         self.compacted_seq = stored.snapshot_seq if stored else 0
         self._stored_entries = len(stored.updates) if stored else 0
         self._base: bytes | None = stored.snapshot if stored else None

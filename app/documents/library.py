@@ -344,7 +344,8 @@ class DocumentLibrary:
             await asyncio.wait(set(self._tasks))
         await self._writer.stop(patience)
         for document in list(self._documents.values()):
-            if not document.pending:
+            # As on unload: by an instance that wrote since the snapshot, not by every reader.
+            if not document.pending and document.stored_seq > document.compacted_seq:
                 with contextlib.suppress(Exception):
                     await self._writer.compact(document)
         self._documents.clear()

@@ -128,7 +128,8 @@ def test_a_stored_document_is_rebuilt_from_its_snapshot_and_log() -> None:
     document = LiveDocument(KEY, "content", stored)
 
     assert document.text() == final
-    assert document.stored_seq == 4
+    assert document.applied_seq == 4
+    assert document.stored_seq == 0  # stored by nobody here yet
 
 
 def test_compaction_keeps_what_was_not_stored_yet() -> None:
