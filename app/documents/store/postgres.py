@@ -146,14 +146,6 @@ WHERE id = $1
 """
 
 # One statement, so one snapshot: the row and the log as of the same commit.
-LOAD = """
-SELECT d.snapshot, d.snapshot_seq, d.last_seq, ARRAY(
-    SELECT u.data FROM yjs_updates u
-    WHERE u.document = d.id AND u.seq > d.snapshot_seq ORDER BY u.seq
-) AS updates
-FROM yjs_documents d WHERE d.project_id = $1 AND d.document_id = $2
-"""
-
 # What came after a seq: the updates after it, or the snapshot and the updates after the
 # snapshot when a compaction covered some of them; in one statement, so as of one commit.
 SINCE = """
@@ -341,16 +333,8 @@ class PostgresStore:
     # Reads.
 
     async def load(self, key: DocumentKey) -> StoredDocument | None:
-        _check_key(key)
-
-        async def read(connection: asyncpg.Connection) -> StoredDocument | None:
-            row = await connection.fetchrow(LOAD, key.project_id, key.document_id)
-            if row is None:
-                return None
-            snapshot, snapshot_seq, last_seq, updates = row
-            return StoredDocument(snapshot, snapshot_seq, list(updates), last_seq)
-
-        return await self._read(read)
+        # Everything after seq -1: the snapshot, then the whole log.
+        return await self.since(key, -1)
 
     async def documents(self, project_id: str) -> list[DocumentInfo]:
         _check_text(project_id)

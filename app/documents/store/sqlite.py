@@ -323,7 +323,8 @@ class SqliteStore:
         threads.reader.shutdown(wait=True)
 
     async def load(self, key: DocumentKey) -> StoredDocument | None:
-        return await self._read(self._load, key)
+        # Everything after seq -1: the snapshot, then the whole log.
+        return await self._read(self._since, key, -1)
 
     async def documents(self, project_id: str) -> list[DocumentInfo]:
         return await self._read(self._documents, project_id)
@@ -547,31 +548,9 @@ class SqliteStore:
             self._reader_connection.close()
             self._reader_connection = None
 
-    def _load(self, key: DocumentKey) -> StoredDocument | None:
-        connection = self._reading()
-        # One read transaction: the row and the log as of the same commit.
-        connection.execute("BEGIN")
-        try:
-            found = connection.execute(
-                "SELECT id, snapshot, snapshot_seq, last_seq FROM documents"
-                " WHERE project_id = ? AND document_id = ?",
-                (key.project_id, key.document_id),
-            ).fetchone()
-            if found is None:
-                return None
-            document, snapshot, snapshot_seq, last_seq = found
-            updates = [
-                data
-                for (data,) in connection.execute(
-                    "SELECT data FROM updates WHERE document = ? ORDER BY seq", (document,)
-                )
-            ]
-        finally:
-            connection.execute("COMMIT")
-        return StoredDocument(snapshot, snapshot_seq, updates, last_seq)
-
     def _since(self, key: DocumentKey, seq: int) -> StoredDocument | None:
         connection = self._reading()
+        # One read transaction: the row and the log as of the same commit.
         connection.execute("BEGIN")
         try:
             found = connection.execute(
