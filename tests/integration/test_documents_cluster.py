@@ -64,6 +64,18 @@ async def synced(url: str, name: str, doc: Doc[Text] | None = None) -> AsyncIter
             client.detach()
 
 
+@asynccontextmanager
+async def one_on_each(
+    first: ServerProcess, second: ServerProcess
+) -> AsyncIterator[tuple[YjsClient, YjsClient]]:
+    """ann on the first instance and bob on the second, both synced, in project p."""
+    async with (
+        synced(first.ws_url("p", first.token("ann")), "ann") as ann,
+        synced(second.ws_url("p", second.token("bob")), "bob") as bob,
+    ):
+        yield ann, bob
+
+
 async def text_on(server: ServerProcess, project: str) -> str:
     async with synced(server.ws_url(project, server.token("reader")), "reader") as reader:
         return str(reader)
@@ -86,10 +98,7 @@ async def test_an_edit_reaches_every_instance_and_a_joiner_anywhere(
 ) -> None:
     with cluster(redis, 2, **documents_env(postgres)) as (one, two):
         await redis_state(one, two, connected=True)
-        async with (
-            synced(one.ws_url("p", one.token("ann")), "ann") as ann,
-            synced(two.ws_url("p", two.token("bob")), "bob") as bob,
-        ):
+        async with one_on_each(one, two) as (ann, bob):
             await type_text(ann, "from one")
             await bob.read_until(lambda: str(bob) == "from one")
             await type_text(bob, ", from two")
@@ -103,10 +112,7 @@ async def test_copies_converge_after_a_redis_outage_with_no_client_action(
 ) -> None:
     with cluster(redis, 2, **documents_env(postgres)) as (one, two):
         await redis_state(one, two, connected=True)
-        async with (
-            synced(one.ws_url("p", one.token("ann")), "ann") as ann,
-            synced(two.ws_url("p", two.token("bob")), "bob") as bob,
-        ):
+        async with one_on_each(one, two) as (ann, bob):
             await type_text(ann, "a")
             await bob.read_until(lambda: str(bob) == "a")
             redis.stop()  # everything in flight between the instances is lost
@@ -183,10 +189,7 @@ async def test_a_database_outage_pauses_acknowledgements_and_loses_nothing(
         ),
     ):
         await redis_state(one, two, connected=True)
-        async with (
-            synced(one.ws_url("p", one.token("ann")), "ann") as ann,
-            synced(two.ws_url("p", two.token("bob")), "bob") as bob,
-        ):
+        async with one_on_each(one, two) as (ann, bob):
             postgres.stop()
             ann.text.insert(0, "typed while the database was down")
             await ann.flush()
@@ -235,10 +238,7 @@ async def test_instances_writing_different_wire_versions_share_documents(
     env = documents_env(postgres)
     with cluster(redis, 2, ({"WIRE_VERSION": "0"}, {}), **env) as (old, new):
         await redis_state(old, new, connected=True)
-        async with (
-            synced(old.ws_url("p", old.token("ann")), "ann") as ann,
-            synced(new.ws_url("p", new.token("bob")), "bob") as bob,
-        ):
+        async with one_on_each(old, new) as (ann, bob):
             await type_text(ann, "old")
             await bob.read_until(lambda: str(bob) == "old")
             await type_text(bob, " new")
