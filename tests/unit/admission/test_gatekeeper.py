@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import pytest
@@ -447,3 +448,32 @@ def test_forwarded_address_counts_only_behind_a_trusted_proxy(
         ).ip
         == "192.0.2.1"
     )
+
+
+def test_a_token_older_than_a_revocation_is_refused_without_taking_a_slot(
+    metrics: Metrics, limiter: ConnectionLimiter
+) -> None:
+    revocations = Revocations(3600)
+    registry = RoomRegistry(MemoryBroadcaster(), metrics, revocations=revocations)
+    registry.accepting = True
+    auth = AuthService(hs256_secret=SECRET, rs256_public_key=None, leeway=10)
+    keeper = Gatekeeper(
+        auth,
+        OriginPolicy(()),
+        limiter,
+        ConnectionLimiter(limit=100),
+        ClientAddressResolver(()),
+        metrics,
+        registry,
+        revocations,
+    )
+    old = token()
+    registry.revoke("p1", "alice")
+
+    with pytest.raises(Refusal) as info:
+        admit(keeper, query={"token": old})
+    assert (info.value.status, info.value.code) == (403, "access_revoked")
+    assert limiter.open_connections(IP) == 0
+    assert admit(keeper, project_id="p2", query={"token": old}).identity.user_id == "alice"
+    later = issue_token(SECRET, user_id="alice", extra={"iat": int(time.time()) + 1})
+    assert admit(keeper, query={"token": later}).identity.user_id == "alice"
