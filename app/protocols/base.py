@@ -54,6 +54,9 @@ class Codec(Protocol):
         """The message carrying `event`, unframed; None when the protocol has no form for it
         (its connections then do not get it)."""
 
+    def close_code(self, code: int) -> int:
+        """The code this protocol's clients get for one of CloseCode's."""
+
     def closes_for(self, refusal: Refusal) -> tuple[int, str] | None:
         """The close a refusal calls for, when the protocol cannot tell its client otherwise
         and going on would leave it believing the server holds what it refused."""

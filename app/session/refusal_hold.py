@@ -20,8 +20,8 @@ logger = logging.getLogger("texflow.session")
 # origin) the page must not get a socket at all.
 _HELD = {
     "unauthorized": CloseCode.UNAUTHORIZED,
-    "forbidden": CloseCode.ACCESS_REVOKED,
-    "access_revoked": CloseCode.ACCESS_REVOKED,
+    "forbidden": CloseCode.FORBIDDEN,
+    "access_revoked": CloseCode.FORBIDDEN,
 }
 # Held connections in all, beyond each address's own cap: past it, refusals are HTTP again.
 MAX_HELD = 1000

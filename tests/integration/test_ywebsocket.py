@@ -195,7 +195,7 @@ async def test_a_refused_token_is_told_inside_the_socket_then_held(server: Serve
     async with provider(other, synced=False) as client:
         await client.read_until(lambda: bool(client.denied))
         assert client.denied[0].startswith("forbidden: ")
-        assert await client.close_code() == 4003
+        assert await client.close_code() == 4403
     assert "Traceback" not in server.output()
 
 
@@ -209,14 +209,14 @@ async def test_revoking_access_ends_a_providers_session_and_its_token(
             server, "POST", f"/internal/projects/{PROJECT}/disconnect", json={"user_id": "mallory"}
         )
         assert response.status_code == 202
-        assert await client.close_code() == 4003
+        assert await client.close_code() == 4403
         assert client.denied[:1] == ["access_revoked: access to this project was revoked"]
     # The same token again: told and held, never served.
     async with provider(address, synced=False) as again:
         await again.read_until(lambda: bool(again.denied))
         assert again.denied[0].startswith("access_revoked: ")
         assert not any(isinstance(f, SyncStep1) for f in again.frames)
-        assert await again.close_code() == 4003
+        assert await again.close_code() == 4403
 
 
 async def test_an_update_paced_by_the_rate_limit_is_delayed_never_dropped(

@@ -32,6 +32,9 @@ class JsonCodec:
             raise Refusal("unsupported_frame", "binary frames are not supported: send JSON text")
         return parse_client_message(text)
 
+    def close_code(self, code: int) -> int:
+        return code
+
     def closes_for(self, refusal: Refusal) -> None:
         # Every refusal reaches the client as an `error` message, and a refused update was
         # applied nowhere: the client knows, and keeps it or drops it.

@@ -64,6 +64,12 @@ _CLOSES = {
     "too_many_documents": (CloseCode.POLICY_VIOLATION, "too many documents"),
     "internal_error": (CloseCode.INTERNAL_ERROR, "update not processed"),
 }
+# y-websocket 3.1+ stops reconnecting after a close in 4400-4499 (its `shouldReconnect`), and
+# reconnects after any other: an ended access is said in that range.
+_CLOSE_CODES: dict[int, int] = {
+    CloseCode.ACCESS_REVOKED: CloseCode.FORBIDDEN,
+    CloseCode.TOKEN_EXPIRED: CloseCode.UNAUTHORIZED,
+}
 # An empty awareness update (no states): the provider reads it as a message and changes
 # nothing, which is all its 30 s timeout needs.
 KEEPALIVE = write_awareness(b"\x00")
@@ -126,6 +132,9 @@ class YWebsocketCodec:
             type="yjs_awareness",
             payload=YjsAwarenessPayload.model_construct(document_id=doc, update=payload),
         )
+
+    def close_code(self, code: int) -> int:
+        return _CLOSE_CODES.get(code, code)
 
     def closes_for(self, refusal: Refusal) -> tuple[int, str] | None:
         return _CLOSES.get(refusal.code)

@@ -33,6 +33,9 @@ class CountingCodec:
     def decode(self, text: str | None, data: bytes | None) -> InboundMessage:
         raise Refusal("unsupported_frame", "expected nothing")
 
+    def close_code(self, code: int) -> int:
+        return code
+
     def closes_for(self, refusal: Refusal) -> None:
         return None
 

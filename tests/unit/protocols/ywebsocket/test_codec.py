@@ -329,3 +329,11 @@ def test_connections_to_one_document_share_its_codec_until_the_last_goes() -> No
     gc.collect()
     # The table keeps no codec alive: connections hold them.
     assert len(routes._codecs) == 0
+
+
+def test_ended_access_closes_in_the_range_where_stock_providers_stop() -> None:
+    codec = YWebsocketCodec(DOC)
+
+    assert codec.close_code(4003) == 4403
+    assert codec.close_code(4001) == 4401
+    assert codec.close_code(1013) == 1013
