@@ -14,6 +14,7 @@ from app.errors import CloseCode, Refusal
 from app.metrics import Metrics
 
 logger = logging.getLogger("texflow.session")
+FIRST = asyncio.FIRST_COMPLETED
 
 # The refusals of who the client is, which a retry with the same token cannot change. Limits,
 # origins and a draining instance keep their HTTP answers: a retry may well succeed, or (the
@@ -51,6 +52,17 @@ class RefusalHold:
         self._hold = hold
         self._message = message
         self._held = 0
+        # Set when the instance drains: held connections are closed with the rest.
+        self._released = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    async def release(self, patience: float) -> None:
+        """Close every held connection now, and hold no more (SIGTERM's drain); returns once
+        they are closed, or after `patience` seconds."""
+        self._released.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), patience)
 
     def holds(self, refusal: Refusal) -> bool:
         return refusal.code in _HELD
@@ -59,16 +71,29 @@ class RefusalHold:
         self, websocket: WebSocket, refusal: Refusal, ip: str, subprotocol: str | None
     ) -> bool:
         """Hold the refused connection; False when no slot is free (answer it with HTTP)."""
-        if self._held >= MAX_HELD or not self._ip_limiter.acquire(ip):
+        if self._released.is_set() or self._held >= MAX_HELD or not self._ip_limiter.acquire(ip):
             return False
         self._held += 1
+        self._empty.clear()
         self._metrics.held_refusals.inc()
         try:
             await websocket.accept(subprotocol=subprotocol)
             await websocket.send_bytes(self._message(refusal))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._until_gone(websocket), self._hold)
+            gone = asyncio.ensure_future(self._until_gone(websocket))
+            released = asyncio.ensure_future(self._released.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    (gone, released), timeout=self._hold, return_when=FIRST
+                )
+            finally:
+                released.cancel()
+                if not gone.done():
+                    gone.cancel()
+            if gone in done:
+                gone.result()
                 return True
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
             await websocket.close(_HELD[refusal.code], refusal.code)
             return True
         except (OSError, WebSocketDisconnect):
@@ -76,6 +101,8 @@ class RefusalHold:
             return True
         finally:
             self._held -= 1
+            if not self._held:
+                self._empty.set()
             self._metrics.held_refusals.dec()
             self._ip_limiter.release(ip)
 

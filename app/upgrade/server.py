@@ -93,8 +93,14 @@ def serve(app: FastAPI, settings: Settings) -> None:
     """Run until SIGTERM; raises ContractError first when uvicorn is not one we run on."""
     check_uvicorn()
     registry = app.state.container.registry()
+    refusals = app.state.container.refusal_hold()
     gateway = Gateway(app, app.state.container.sockets())
-    server = GatewayServer(
-        uvicorn_config(gateway, settings), drain=lambda: registry.drain(settings.shutdown_drain)
-    )
+
+    async def drain() -> None:
+        # Held refusals first, at once: nobody is served on them, and they are closed with
+        # their own code rather than 1012 (which a provider would answer by reconnecting).
+        await refusals.release(patience=1.0)
+        await registry.drain(settings.shutdown_drain)
+
+    server = GatewayServer(uvicorn_config(gateway, settings), drain=drain)
     server.run()

@@ -3,6 +3,7 @@ speaks it frame by frame, beside JSON clients on the same documents of a real se
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +291,13 @@ async def test_a_providers_edit_reaches_the_others_only_once_stored(tmp_path: Pa
             await watcher.read_until(lambda: str(watcher.text) == "typed while the disk was stuck")
             await client.sync()
             await client.read_until(lambda: client.synced)
+
+
+async def test_a_draining_instance_closes_the_refusals_it_holds() -> None:
+    with running_server({"YJS_REFUSAL_HOLD": "10m", "DOCUMENT_STORE": "memory"}) as srv:
+        bad = yjs_url(srv.port, PROJECT, "main.tex", "not-a-token")
+        async with provider(bad, synced=False) as client:
+            await client.read_until(lambda: bool(client.denied))
+            srv.signal(signal.SIGTERM)
+            # Long before the ten-minute hold: with the instance's other connections.
+            assert await client.close_code() == 4401
