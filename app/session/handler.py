@@ -286,14 +286,17 @@ class SessionHandler:
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code") or 1005), str(message.get("reason") or "")
             now = clock()
-            if paced and not bucket.allow(now):
-                # Nothing dropped: reading waits for the bucket, and TCP holds the rest back.
-                await asyncio.sleep(bucket.wait())
-                now = clock()
-                bucket.allow(now)
+            dropped = False
+            if not bucket.allow(now):
                 self._metrics.received("rate_limited")
-            if not paced and not bucket.allow(now):
-                self._metrics.received("rate_limited")
+                if paced:
+                    # Nothing dropped: reading waits for the bucket, and TCP holds the rest back.
+                    while not bucket.allow(now):
+                        await asyncio.sleep(bucket.wait())
+                        now = clock()
+                else:
+                    dropped = True
+            if dropped:
                 self._registry.send(
                     connection,
                     "error",
