@@ -289,14 +289,18 @@ function open(project, documentId, user, token, minted) {
       shouldReconnect: (close) => !(close.code === 4003 || (close.code === 4001 && !minted)),
     },
   );
-  session = { provider, doc, text, user, project, documentId, minted, renewTimer: null };
+  // The handlers below keep their own session: a late event of a finished one changes nothing.
+  const current = { provider, doc, text, user, project, minted, renewTimer: null, opened: false };
+  session = current;
   shown = '';
   ui.text.value = '';
   provider.awareness.setLocalStateField('user', { name: user, color: colorOf(user) });
   text.observe(onRemoteChange);
   provider.awareness.on('change', renderPresence);
   provider.on('status', ({ status }) => {
+    if (session !== current) return;
     if (status === 'connected') {
+      current.opened = true;
       setStatus('connected', `Connected to ${project}/${documentId}`);
       log('info', `connected to ${project}/${documentId} as ${user}`);
     } else if (status === 'connecting') {
@@ -306,6 +310,7 @@ function open(project, documentId, user, token, minted) {
     }
   });
   provider.on('sync', (synced) => {
+    if (session !== current) return;
     setSynced(synced);
     if (synced) {
       // Until the server's copy arrived the textarea was empty, not the document.
@@ -315,15 +320,19 @@ function open(project, documentId, user, token, minted) {
   });
   provider.on('connection-close', (close) => {
     // null: closed by this tab (Disconnect, or the provider's own silence watchdog).
-    if (close === null) return;
+    if (close === null || session !== current) return;
     const meaning = CLOSE_MEANINGS[close.code] || 'see the close codes in README.md';
     ui.closeCode.textContent = String(close.code);
     ui.closeReason.textContent = close.reason ? `“${close.reason}” (${meaning})` : `(${meaning})`;
     log('error', `closed with ${close.code}${close.reason ? ` “${close.reason}”` : ''}: ${meaning}`);
+    // Never connected: the upgrade was refused (a bad token, a wrong project) or nothing
+    // answers, and retrying would only say so again every few seconds. Once a connection
+    // worked, a close is a restart or a network blip, and the provider reconnects.
+    if (!current.opened) finish(`Disconnected: close code ${close.code}`);
   });
   provider.on('closed', ({ code }) => {
     // The provider gave up (shouldReconnect said no): this session is over.
-    finish(`Disconnected: close code ${code}`);
+    if (session === current) finish(`Disconnected: close code ${code}`);
   });
   if (minted) scheduleRenewal(minted.expires_at);
   setStatus('connecting', `Connecting to ${project}/${documentId}…`);
