@@ -2,7 +2,8 @@
 // document, synced by the stock y-websocket provider over /yjs/{project}/{document}.
 // config/build_demo.py bundles this file with its pinned packages into one same-origin script.
 import * as Y from 'yjs';
-import { WebsocketProvider } from 'y-websocket';
+import { WebsocketProvider, messageAuth } from 'y-websocket';
+import { readAuthMessage } from 'y-protocols/auth';
 
 // The Y.Text the server reads as the document's text (DOCUMENT_TEXT_NAME's default).
 const TEXT_NAME = 'content';
@@ -92,19 +93,24 @@ function positionOf(text, offset) {
 const isHighSurrogate = (code) => code >= 0xd800 && code <= 0xdbff;
 const isLowSurrogate = (code) => code >= 0xdc00 && code <= 0xdfff;
 
-// The one change that turns `before` into `after`: the common prefix and suffix stay, the middle
-// is replaced. Never splits a surrogate pair, which Yjs would store as two broken halves.
-function diff(before, after) {
+// The one change that turns `before` into `after`, an edit that left the caret at `caret`: the
+// common prefix and suffix stay, the middle is replaced. The suffix never reaches left of the
+// caret, since an edit ends there: typing `[` before another `[` inserts it there, not after
+// that one, or the caret would sit before the character just typed and the next keystroke
+// would land on the wrong side of it. Never splits a surrogate pair, which Yjs would store as
+// two broken halves.
+function diff(before, after, caret) {
   const limit = Math.min(before.length, after.length);
-  let start = 0;
-  while (start < limit && before.charCodeAt(start) === after.charCodeAt(start)) start += 1;
-  if (start > 0 && isHighSurrogate(before.charCodeAt(start - 1))) start -= 1;
   let end = 0;
+  const maxEnd = Math.min(limit, after.length - Math.min(caret, after.length));
   while (
-    end < limit - start
+    end < maxEnd
     && before.charCodeAt(before.length - 1 - end) === after.charCodeAt(after.length - 1 - end)
   ) end += 1;
   if (end > 0 && isLowSurrogate(before.charCodeAt(before.length - end))) end -= 1;
+  let start = 0;
+  while (start < limit - end && before.charCodeAt(start) === after.charCodeAt(start)) start += 1;
+  if (start > 0 && isHighSurrogate(before.charCodeAt(start - 1))) start -= 1;
   return {
     index: start,
     removed: before.length - start - end,
@@ -137,7 +143,7 @@ function moveThrough(delta, offset) {
 function onInput() {
   if (session === null || composing) return;
   const value = ui.text.value;
-  const change = diff(shown, value);
+  const change = diff(shown, value, ui.text.selectionEnd);
   if (change.removed === 0 && change.inserted.length === 0) return;
   if (change.inserted.length > MAX_INSERT_LENGTH) {
     // Put the textarea back: the edit never reached the document.
@@ -297,6 +303,17 @@ function open(project, documentId, user, token, minted) {
   provider.awareness.setLocalStateField('user', { name: user, color: colorOf(user) });
   text.observe(onRemoteChange);
   provider.awareness.on('change', renderPresence);
+  // The server refuses a token inside the WebSocket, with y-protocols' permission-denied
+  // message (the stock provider would only warn in the console and retry): say why, and stop,
+  // unless the token merely expired and a renewed one is already waiting in `params`.
+  provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
+    readAuthMessage(decoder, doc, (_doc, reason) => {
+      if (session !== current) return;
+      ui.closeReason.textContent = `permission denied: ${reason}`;
+      log('error', `permission denied: ${reason}`);
+      if (!(current.minted && reason.startsWith('token_expired'))) finish(`Refused: ${reason}`);
+    });
+  };
   provider.on('status', ({ status }) => {
     if (session !== current) return;
     if (status === 'connected') {
