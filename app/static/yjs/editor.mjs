@@ -302,7 +302,22 @@ function open(project, documentId, user, token, minted) {
   ui.text.value = '';
   provider.awareness.setLocalStateField('user', { name: user, color: colorOf(user) });
   text.observe(onRemoteChange);
-  provider.awareness.on('change', renderPresence);
+  // Names by awareness client id: a removed state is gone by the time its removal is told.
+  const names = new Map();
+  provider.awareness.on('change', ({ added, updated, removed }) => {
+    if (session !== current) return;
+    for (const clientId of [...added, ...updated]) {
+      const name = provider.awareness.getStates().get(clientId)?.user?.name;
+      if (clientId === doc.clientID || typeof name !== 'string') continue;
+      if (!names.has(clientId)) log('info', `${name} joined`);
+      names.set(clientId, name);
+    }
+    for (const clientId of removed) {
+      if (names.has(clientId)) log('info', `${names.get(clientId)} left`);
+      names.delete(clientId);
+    }
+    renderPresence();
+  });
   // The server refuses a token inside the WebSocket, with y-protocols' permission-denied
   // message (the stock provider would only warn in the console and retry): say why, and stop,
   // unless the token merely expired and a renewed one is already waiting in `params`.
