@@ -216,4 +216,4 @@ class Connection:
         self._live = 0
         self._backlog_bytes = 0
         self._wake()
-        self._transport.close_with(code, reason)
+        self._transport.close_with(self.codec.close_code(code), reason)

@@ -4,6 +4,7 @@ document, and that document's Yjs events become frames; nothing else has a form.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,16 @@ from app.errors import Refusal
 from app.protocols.json.messages import (
     MAX_DOCUMENT_ID,
     YjsAwareness,
+    YjsQueryAwareness,
     YjsSyncStep1,
     YjsSyncStep2,
     YjsUpdate,
     parse_client_message,
 )
-from app.protocols.ywebsocket.codec import YjsQueryAwareness, YWebsocketCodec
+from app.protocols.ywebsocket.codec import YWebsocketCodec, YWebsocketRoutes
 from app.protocols.ywebsocket.frames import (
+    AwarenessUpdate,
+    read_frame,
     write_awareness,
     write_permission_denied,
     write_sync_step1,
@@ -99,7 +103,9 @@ def test_decode_of_pycrdt_frames_carries_their_bytes() -> None:
 
 
 def test_query_awareness_decodes_to_the_marker_for_the_document() -> None:
-    assert YWebsocketCodec(DOC).decode(None, b"\x03") == YjsQueryAwareness(DOC)
+    decoded = YWebsocketCodec(DOC).decode(None, b"\x03")
+    assert isinstance(decoded, YjsQueryAwareness)
+    assert decoded.payload.document_id == DOC
 
 
 def test_text_frames_are_refused() -> None:
@@ -248,3 +254,86 @@ def test_decoded_messages_match_the_model_classes() -> None:
     assert isinstance(codec.decode(None, write_sync_step2(b"\x00\x00")), YjsSyncStep2)
     assert isinstance(codec.decode(None, write_sync_update(b"\x00\x00")), YjsUpdate)
     assert isinstance(codec.decode(None, write_awareness(b"\x00")), YjsAwareness)
+
+
+@pytest.mark.parametrize("code", ["access_revoked", "token_expired", "forbidden", "unauthorized"])
+def test_an_error_ending_access_becomes_the_auth_message_with_its_reason(code: str) -> None:
+    encoded = YWebsocketCodec(DOC).encode(event("error", {"code": code, "message": "why"}))
+
+    assert encoded == write_permission_denied(f"{code}: why")
+
+
+@pytest.mark.parametrize(
+    ("code", "close"),
+    [
+        ("invalid_update", 1007),
+        ("document_too_large", 1009),
+        ("document_deleted", 4410),
+        ("store_unavailable", 1013),
+        ("document_unavailable", 1013),
+        ("internal_error", 1011),
+    ],
+)
+def test_a_refused_update_closes_the_connection_since_no_error_message_exists(
+    code: str, close: int
+) -> None:
+    closes = YWebsocketCodec(DOC).closes_for(Refusal(code, "m"))
+
+    assert closes is not None
+    assert closes[0] == close
+
+
+def test_refusals_of_ephemeral_messages_close_nothing() -> None:
+    assert YWebsocketCodec(DOC).closes_for(Refusal("invalid_awareness", "m")) is None
+
+
+def test_the_keepalive_is_an_awareness_update_without_states() -> None:
+    frame = read_frame(YWebsocketCodec.keepalive)
+
+    assert isinstance(frame, AwarenessUpdate)
+    assert frame.update == b"\x00"
+
+
+@pytest.mark.parametrize(
+    ("path", "project", "document"),
+    [
+        ("p1/main.tex", "p1", "main.tex"),
+        ("p1/chapters/intro.tex", "p1", "chapters/intro.tex"),
+        ("p1/a b/ü.tex", "p1", "a b/ü.tex"),
+    ],
+)
+def test_a_route_splits_the_project_from_the_document_path(
+    path: str, project: str, document: str
+) -> None:
+    route = YWebsocketRoutes()(path)
+
+    assert (route.project_id, route.document_id) == (project, document)
+    assert route.codec.document_id == document
+
+
+@pytest.mark.parametrize("path", ["p1", "p1/", "p1/" + "d" * (MAX_DOCUMENT_ID + 1)])
+def test_a_route_without_a_valid_document_id_is_refused(path: str) -> None:
+    with pytest.raises(Refusal) as caught:
+        YWebsocketRoutes()(path)
+
+    assert caught.value.code == "invalid_document_id"
+    assert caught.value.status == 400
+
+
+def test_connections_to_one_document_share_its_codec_until_the_last_goes() -> None:
+    routes = YWebsocketRoutes()
+    first = routes("p1/main.tex").codec
+    assert routes("p2/main.tex").codec is first
+    assert routes("p1/other.tex").codec is not first
+    del first
+    gc.collect()
+    # The table keeps no codec alive: connections hold them.
+    assert len(routes._codecs) == 0
+
+
+def test_ended_access_closes_in_the_range_where_stock_providers_stop() -> None:
+    codec = YWebsocketCodec(DOC)
+
+    assert codec.close_code(4003) == 4403
+    assert codec.close_code(4001) == 4401
+    assert codec.close_code(1013) == 1013
