@@ -29,6 +29,9 @@ const CLOSE_MEANINGS = {
   1013: 'this tab could not keep up',
   4001: 'the token expired',
   4003: 'access revoked',
+  4401: 'the token was refused, or expired',
+  4403: 'access revoked, or a token for another project',
+  4410: 'the document was deleted',
 };
 
 const byId = (id) => document.getElementById(id);
@@ -290,9 +293,13 @@ function open(project, documentId, user, token, minted) {
       // Every tab goes through the server, as tabs in two browsers would: no shortcut through
       // the BroadcastChannel between this browser's tabs.
       disableBc: true,
-      // A pasted token cannot be renewed here: after it expired (4001) or was revoked (4003)
-      // reconnecting would only be refused again.
-      shouldReconnect: (close) => !(close.code === 4003 || (close.code === 4001 && !minted)),
+      // The server ends a session whose token expired with 4401: a minted token was renewed
+      // into `params` before that, a pasted one cannot be, and would only be refused again.
+      // Like y-websocket's default, the rest of 4400-4499 (revoked, another project, the
+      // document deleted) is final.
+      shouldReconnect: (close) => (close.code === 4401
+        ? minted !== null
+        : !(close.code >= 4400 && close.code < 4500)),
     },
   );
   // The handlers below keep their own session: a late event of a finished one changes nothing.
