@@ -54,6 +54,8 @@ def _serve(settings: Settings) -> None:
             f"  docs:    http://{host}:{settings.port}/docs\n"
             f"  demo:    http://{host}:{settings.port}/demo (open it in two tabs)\n"
             f"  connect: ws://{host}:{settings.port}/ws/demo?token={token}\n"
+            f"  y-websocket: new WebsocketProvider('ws://{host}:{settings.port}/yjs/demo', "
+            "'main.tex', doc, {params: {token}})\n"
             "  more tokens: make token USER=bob PROJECT=demo\n",
             file=sys.stderr,
             flush=True,

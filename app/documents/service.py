@@ -116,7 +116,11 @@ class DocumentService:
         self, sender: Connection, document: LiveDocument, update: bytes, origin: str | None
     ) -> Write | None:
         """Apply a client's update, relay it, queue it for the store; the write to wait for
-        before acknowledging (None: nothing to wait for)."""
+        before acknowledging (None: nothing to wait for).
+
+        A sender whose protocol has acknowledgements is relayed at once: it learns from its
+        `yjs_ack` what is durable. One without them (y-websocket) counts an edit others can
+        see as shared, so its updates are relayed only once stored."""
         if update == EMPTY_UPDATE:
             # Nothing to apply or relay; acknowledged once what came before it is stored.
             return self._writer.tail(document)
@@ -126,7 +130,11 @@ class DocumentService:
         payload: dict[str, Any] = {"document_id": document.key.document_id, "update": b64(update)}
         if origin is not None:
             payload["origin"] = origin
-        self.relay(sender, "yjs_update", payload)
+        if sender.codec.acknowledges:
+            self.relay(sender, "yjs_update", payload)
+        else:
+            # Writes of one document are stored in order, so its relays keep the sender's.
+            write.then(lambda: self.relay(sender, "yjs_update", payload))
         return write
 
     # The backend API

@@ -1,7 +1,8 @@
 """Property-based tests against a real server: nothing a client sends breaks anything.
 
 - Any text or bytes on a WebSocket gives its sender at most one `error` (or the relay of a
-  valid message to the others), never an exception or a dropped connection.
+  valid message to the others), never an exception or a dropped connection; on `/yjs/`, any
+  frame is taken or closes the connection with a documented code.
 - Every HTTP operation of /openapi.json, fuzzed by schemathesis, never answers 5xx.
 """
 
@@ -16,10 +17,12 @@ import hypothesis.strategies as st
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from app.main import create_app
 from app.protocols.json.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
+from app.protocols.ywebsocket.frames import SyncStep2, read_frame, write_sync_step1
 from app.settings import Settings
 from tests.support.server import ServerProcess, running_server
 
@@ -154,3 +157,63 @@ def test_no_http_operation_answers_5xx(
     for headers in auth_headers:
         response = case.call(base_url=server.http_url, headers=headers)
         assert response.status_code < 500, (case.method, case.path, response.text)
+
+
+# Frames shaped like y-protocols messages (a known type, maybe a known sync kind) around random
+# payloads, and random bytes: what a broken or hostile provider could send on /yjs/.
+yjs_frames = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda kind, body: bytes((0, kind)) + body, st.integers(0, 3), st.binary(max_size=200)
+    ),
+    st.builds(lambda body: b"\x01" + body, st.binary(max_size=200)),
+    st.builds(lambda body: b"\x02\x00" + body, st.binary(max_size=50)),
+)
+# What a refused update may close a /yjs/ connection with (docs/ywebsocket.md).
+YJS_CLOSES = {1007, 1008, 1009, 1011, 1013}
+
+
+def answered_or_closed(provider: ClientConnection) -> int | None:
+    """Read up to the step 2 answering a step 1 (None), or to the close (its code; 1006 when
+    there was no close frame)."""
+    try:
+        while True:
+            answer = provider.recv(TIMEOUT)
+            assert isinstance(answer, bytes), "text on /yjs/"
+            if isinstance(read_frame(answer), SyncStep2):
+                return None
+    except ConnectionClosed as closed:
+        return 1006 if closed.rcvd is None else closed.rcvd.code
+
+
+@pytest.fixture(scope="module")
+def yjs_watcher(server: ServerProcess) -> Iterator[ClientConnection]:
+    with connect(server.ws_url("yfuzz", server.token("watcher")), compression=None) as watcher:
+        assert json.loads(watcher.recv(TIMEOUT))["type"] == "presence_state"
+        yield watcher
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(frame=yjs_frames)
+def test_any_frame_on_yjs_is_taken_or_closes_with_a_documented_code(
+    server: ServerProcess, yjs_watcher: ClientConnection, frame: bytes
+) -> None:
+    url = f"ws://127.0.0.1:{server.port}/yjs/yfuzz/fuzz.tex?token={server.token('fuzzer')}"
+    with connect(url, compression=None, max_size=None) as provider:
+        provider.send(frame)
+        # A step 1 after it: its step 2 comes once the frame was handled (and, for an update,
+        # stored), unless the frame closed the connection.
+        provider.send(write_sync_step1(b"\x00"))
+        code = answered_or_closed(provider)
+        assert code is None or code in YJS_CLOSES, code
+    # The JSON client of the project is never told of another's mistakes.
+    while True:
+        message = json.loads(yjs_watcher.recv(TIMEOUT))
+        assert message["type"] != "error"
+        if message["type"] == "user_left":
+            break
+    log = server.logs()
+    assert '"level": "error"' not in log
+    assert "Traceback" not in server.output()

@@ -3,6 +3,7 @@ speaks it frame by frame, beside JSON clients on the same documents of a real se
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from app.protocols.ywebsocket.frames import (
     write_query_awareness,
     write_sync_update,
 )
-from tests.support.clients import exchange, member, receive, upgrade_headers
+from tests.support.clients import exchange, member, receive, send, upgrade_headers
 from tests.support.server import ServerProcess, running_server
+from tests.support.waiting import eventually
 from tests.support.yjs import yjs_client
 from tests.support.ywebsocket import provider, yjs_url
 
@@ -52,6 +54,16 @@ async def backend(server: ServerProcess, method: str, path: str, **kwargs: Any) 
         return await http.request(
             method, path, headers={"Authorization": "Bearer " + token}, **kwargs
         )
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        body = (await http.get("/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
 
 
 async def stored_text(server: ServerProcess, document_id: str) -> str:
@@ -243,3 +255,38 @@ async def test_deleting_the_document_closes_its_providers_with_4410(server: Serv
         )
         assert response.status_code == 204, response.text
         assert await client.close_code() == 4410
+
+
+async def test_a_providers_edit_reaches_the_others_only_once_stored(tmp_path: Path) -> None:
+    """The stock protocol has no acknowledgement: an edit others can see must be durable."""
+    path = tmp_path / "d.sqlite3"
+    with running_server({"DOCUMENT_STORE": f"sqlite:///{path}"}) as srv:
+        address = yjs_url(srv.port, PROJECT, "held.tex", srv.token("ada"))
+        async with (
+            yjs_client(srv.ws_url(PROJECT, srv.token("watcher")), "w") as watcher,
+            provider(address) as client,
+        ):
+            watcher.document_id = "held.tex"
+            await watcher.sync_with_server()
+            await watcher.read_until(lambda: watcher.synced and watcher.answered_server)
+            # Another process holds the database's write lock: every append fails.
+            lock = sqlite3.connect(path, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                await client.edit(0, "typed while the disk was stuck")
+
+                async def append_failed() -> bool:
+                    return await metric(srv, "websocket_document_store_errors_total") >= 1
+
+                await eventually(append_failed, within=30)
+                # Processed (its append failed) and not relayed: the pong comes first.
+                await send(watcher.ws, "ping", {"n": 1})
+                while (message := await watcher.receive_one())["type"] != "pong":
+                    assert message["type"] != "yjs_update", "relayed before it was stored"
+                assert str(watcher.text) == ""
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            await watcher.read_until(lambda: str(watcher.text) == "typed while the disk was stuck")
+            await client.sync()
+            await client.read_until(lambda: client.synced)
