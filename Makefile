@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml config/constraints.txt
 
 install: $(STAMP)
 
-## run: serve in development: in-memory broadcaster, generated secret, printed sample URL
+## run: serve in development: in-memory broadcaster, generated secret, printed sample URL; builds the collaborative /demo first when Node.js and npm are there (else /demo is the classic page)
 run: $(STAMP)
+	@$(BIN)/python config/build_demo.py --fallback
 	$(BIN)/python -m app
 
 ## run-cluster: Redis, a PostgreSQL document store (the machine's, else a temporary one) and two instances on 8082 and 8083, printing URLs for two tabs
@@ -41,16 +42,16 @@ bench: $(STAMP)
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
-	$(BIN)/ruff check app tests
-	$(BIN)/ruff format --check app tests
+	$(BIN)/ruff check app tests config
+	$(BIN)/ruff format --check app tests config
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix app tests
-	$(BIN)/ruff format app tests
+	$(BIN)/ruff check --fix app tests config
+	$(BIN)/ruff format app tests config
 
 docker-build:
 	docker build -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache app/static/yjs/node_modules app/static/build

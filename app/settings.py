@@ -110,6 +110,9 @@ def _origins(raw: str | None) -> tuple[str, ...] | None:
 
 
 DEFAULT_DOCUMENT_STORE = "sqlite:///data/documents.sqlite3"
+# Where config/build_demo.py (run by `make run`) writes the collaborative editor of /demo: in the
+# package, so a server started from any directory finds it. Git-ignored, never shipped.
+DEFAULT_DEMO_BUNDLE = Path(__file__).resolve().parent / "static" / "build" / "editor.js"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -176,6 +179,9 @@ class Settings:
     log_level: LogLevel = "info"
     # Serves /demo in production too; its token endpoint stays development-only regardless.
     demo_enabled: bool = False
+    # The built collaborative editor: while this file exists /demo serves it, else the classic
+    # page (whole text, last edit wins). Read at each request, so a rebuild needs no restart.
+    demo_bundle: Path = DEFAULT_DEMO_BUNDLE
     # The path prefix a proxy serves the service under, stripping it from requests (ASGI
     # root_path): routes, WebSocket upgrades included, answer below it.
     root_path: str = ""
@@ -293,6 +299,7 @@ class Settings:
                 env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             demo_enabled=_boolean(env, "DEMO_ENABLED", False),
+            demo_bundle=Path((env.get("DEMO_BUNDLE") or "").strip() or DEFAULT_DEMO_BUNDLE),
             root_path=(env.get("ROOT_PATH") or "").strip(),
             room_grace=parse_duration("ROOM_GRACE", env.get("ROOM_GRACE") or "0s"),
             wire_version=int(_choice(env, "WIRE_VERSION", "1", ("0", "1"))),

@@ -1,10 +1,13 @@
 """The browser demo at `/demo` and the development-token endpoint it calls.
 
 On in development; in production only the page, with DEMO_ENABLED=true, and never the tokens.
+`/demo` is the collaborative editor (Yjs over /yjs/) once its bundle is built (`make run` does it
+when Node is there; DEMO_BUNDLE), else the classic page, which is always at `/demo/classic`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from functools import cache
@@ -26,9 +29,12 @@ from app.settings import Settings
 USER_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 TOKEN_TTL = 3600.0
 MAX_BODY_BYTES = 4096
+HTML = "text/html; charset=utf-8"
+JAVASCRIPT = "text/javascript; charset=utf-8"
 
-# The page loads nothing but its own two files and talks only to this origin, so the policy
-# can forbid everything else, inline scripts included.
+# Each page loads nothing but its own two files (the editor's script bundles Yjs and its
+# provider) and talks only to this origin, so the policy can forbid everything else, inline
+# scripts included. connect-src 'self' covers the same-origin ws:// and wss:// URLs too.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -75,14 +81,43 @@ def _asset(settings: Settings, name: str, media_type: str) -> Response:
     return Response(_static(name), media_type=media_type, headers=SECURITY_HEADERS)
 
 
+def _bundle(settings: Settings) -> bytes | None:
+    # Read at each request: `make run` may rebuild it while the server runs; demo traffic only.
+    try:
+        return settings.demo_bundle.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
 @router.get("/demo")
 async def demo_page(settings: SettingsDep) -> Response:
-    return _asset(settings, "demo.html", "text/html; charset=utf-8")
+    _page_enabled(settings)
+    # Without Node there is no bundle, and the page that needs none stays the demo.
+    has_editor = await asyncio.to_thread(settings.demo_bundle.is_file)
+    return _asset(settings, "editor.html" if has_editor else "demo.html", HTML)
+
+
+@router.get("/demo/classic")
+async def classic_page(settings: SettingsDep) -> Response:
+    return _asset(settings, "demo.html", HTML)
+
+
+@router.get("/demo/editor.js")
+async def editor_script(settings: SettingsDep) -> Response:
+    _page_enabled(settings)
+    bundle = await asyncio.to_thread(_bundle, settings)
+    if bundle is None:
+        raise Refusal(
+            "not_found",
+            "the editor is not built: `make run` builds it when Node is there",
+            status=404,
+        )
+    return Response(bundle, media_type=JAVASCRIPT, headers=SECURITY_HEADERS)
 
 
 @router.get("/demo/demo.js")
 async def demo_script(settings: SettingsDep) -> Response:
-    return _asset(settings, "demo.js", "text/javascript; charset=utf-8")
+    return _asset(settings, "demo.js", JAVASCRIPT)
 
 
 @router.get("/demo/demo.css")

@@ -1,7 +1,14 @@
-"""The /demo page and its development-token endpoint, over plain HTTP against real servers."""
+"""The /demo page and its development-token endpoint, over plain HTTP against real servers.
+
+/demo is the collaborative editor when its bundle (DEMO_BUNDLE) exists, the classic page
+otherwise: each server here says which bundle it has, so a bundle `make run` left in the
+checkout changes nothing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,24 +23,78 @@ pytestmark = pytest.mark.anyio
 
 DEMO_FILES = {
     "/demo": "text/html",
+    "/demo/classic": "text/html",
     "/demo/demo.js": "text/javascript",
     "/demo/demo.css": "text/css",
 }
+# Stands in for esbuild's output: what matters here is which page and script are served.
+FAKE_BUNDLE = b"/* the editor bundle */ document.body.dataset.loaded = 'yes';\n"
+
+
+@pytest.fixture(scope="module")
+def missing_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("no-bundle") / "editor.js"
+
+
+@pytest.fixture(scope="module")
+def server(missing_bundle: Path) -> Iterator[ServerProcess]:
+    # No bundle: the machine without Node.js.
+    with running_server({"DEMO_BUNDLE": str(missing_bundle)}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def bundled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    bundle = tmp_path_factory.mktemp("bundle") / "editor.js"
+    bundle.write_bytes(FAKE_BUNDLE)
+    with running_server({"DEMO_BUNDLE": str(bundle)}) as running:
+        yield running
+
+
+def assert_demo_headers(response: httpx.Response, media_type: str) -> None:
+    assert response.status_code == 200, response.request.url
+    assert response.headers["content-type"].startswith(media_type)
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert "connect-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_development_serves_the_page_and_its_files(http: httpx.AsyncClient) -> None:
     for path, media_type in DEMO_FILES.items():
-        response = await http.get(path)
-        assert response.status_code == 200, path
-        assert response.headers["content-type"].startswith(media_type)
-        assert "script-src 'self'" in response.headers["content-security-policy"]
-        assert response.headers["x-content-type-options"] == "nosniff"
+        assert_demo_headers(await http.get(path), media_type)
     page = (await http.get("/demo")).text
     assert 'src="/demo/demo.js"' in page
     assert 'data-testid="text"' in page
     # Nothing from elsewhere: the page must work offline and under its own CSP.
     assert "http://" not in page
     assert "https://" not in page
+
+
+async def test_without_the_bundle_the_demo_is_the_classic_page(http: httpx.AsyncClient) -> None:
+    classic = await http.get("/demo/classic")
+    assert (await http.get("/demo")).content == classic.content
+    assert 'src="/demo/demo.js"' in classic.text
+    editor = await http.get("/demo/editor.js")
+    assert (editor.status_code, editor.json()["error"]) == (404, "not_found")
+
+
+async def test_with_the_bundle_the_demo_is_the_yjs_editor(bundled_server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=bundled_server.http_url) as http:
+        page = await http.get("/demo")
+        assert_demo_headers(page, "text/html")
+        assert 'src="/demo/editor.js"' in page.text
+        assert 'src="/demo/demo.js"' not in page.text
+        for testid in ("project", "document", "user", "status", "synced", "presence", "text"):
+            assert f'data-testid="{testid}"' in page.text, testid
+        assert "http://" not in page.text
+        assert "https://" not in page.text
+        script = await http.get("/demo/editor.js")
+        assert_demo_headers(script, "text/javascript")
+        assert script.content == FAKE_BUNDLE
+        # The classic page stays one link away, with its own script.
+        classic = await http.get("/demo/classic")
+        assert 'src="/demo/demo.js"' in classic.text
+        assert 'href="/demo/classic"' in page.text
 
 
 async def test_the_demo_stays_out_of_the_openapi_document(http: httpx.AsyncClient) -> None:
@@ -95,10 +156,13 @@ async def test_the_token_endpoint_refuses_what_is_not_json(http: httpx.AsyncClie
     assert (response.status_code, response.json()["error"]) == (413, "payload_too_large")
 
 
-async def test_production_has_no_demo() -> None:
-    with running_server({"ENVIRONMENT": "production"}) as server:
+async def test_production_has_no_demo(tmp_path: Path) -> None:
+    bundle = tmp_path / "editor.js"
+    bundle.write_bytes(FAKE_BUNDLE)
+    env = {"ENVIRONMENT": "production", "DEMO_BUNDLE": str(bundle)}
+    with running_server(env) as server:
         async with httpx.AsyncClient(base_url=server.http_url) as http:
-            for path in DEMO_FILES:
+            for path in [*DEMO_FILES, "/demo/editor.js"]:
                 response = await http.get(path)
                 assert (response.status_code, response.json()["error"]) == (404, "not_found")
             token = await http.post("/demo/token", json={"user": "alice", "project": "p"})
@@ -107,10 +171,15 @@ async def test_production_has_no_demo() -> None:
             assert token.json() == (await http.post("/nope", json={})).json()
 
 
-async def test_demo_enabled_in_production_serves_the_page_but_never_mints_tokens() -> None:
-    with running_server({"ENVIRONMENT": "production", "DEMO_ENABLED": "true"}) as server:
+async def test_demo_enabled_in_production_serves_the_page_but_never_mints_tokens(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "editor.js"
+    bundle.write_bytes(FAKE_BUNDLE)
+    env = {"ENVIRONMENT": "production", "DEMO_ENABLED": "true", "DEMO_BUNDLE": str(bundle)}
+    with running_server(env) as server:
         async with httpx.AsyncClient(base_url=server.http_url) as http:
-            for path in DEMO_FILES:
+            for path in [*DEMO_FILES, "/demo/editor.js"]:
                 assert (await http.get(path)).status_code == 200, path
             token = await http.post("/demo/token", json={"user": "alice", "project": "p"})
             assert (token.status_code, token.json()["error"]) == (404, "not_found")

@@ -8,7 +8,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.settings import MIN_PRODUCTION_SECRET_BYTES, Settings, SettingsError, parse_duration
+import app
+from app.settings import (
+    DEFAULT_DEMO_BUNDLE,
+    MIN_PRODUCTION_SECRET_BYTES,
+    Settings,
+    SettingsError,
+    parse_duration,
+)
 
 PRODUCTION_SECRET = "p" * MIN_PRODUCTION_SECRET_BYTES
 
@@ -60,6 +67,14 @@ def test_request_bodies_are_limited_by_default() -> None:
 
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.body_timeout == 10.0
+
+
+def test_the_demo_bundle_is_where_the_build_script_writes_it_unless_set() -> None:
+    # config/build_demo.py writes there by default (it imports the same constant).
+    expected = Path(app.__file__).resolve().parent / "static" / "build" / "editor.js"
+    assert Settings.from_env({}).demo_bundle == DEFAULT_DEMO_BUNDLE == expected
+    assert Settings.from_env({"DEMO_BUNDLE": " "}).demo_bundle == DEFAULT_DEMO_BUNDLE
+    assert Settings.from_env({"DEMO_BUNDLE": "/srv/x.js"}).demo_bundle == Path("/srv/x.js")
 
 
 @pytest.mark.parametrize(
