@@ -289,12 +289,14 @@ function open(project, documentId, user, token, minted) {
     room,
     doc,
     {
-      params: { token },
+      // The token as the `bearer` subprotocol, never in the URL: a URL with `?token=` ends up
+      // in the browser's console when a connection fails, and in proxies' logs.
+      protocols: ['bearer', token],
       // Every tab goes through the server, as tabs in two browsers would: no shortcut through
       // the BroadcastChannel between this browser's tabs.
       disableBc: true,
       // The server ends a session whose token expired with 4401: a minted token was renewed
-      // into `params` before that, a pasted one cannot be, and would only be refused again.
+      // into `protocols` before that, a pasted one cannot be, and would only be refused again.
       // Like y-websocket's default, the rest of 4400-4499 (revoked, another project, the
       // document deleted) is final.
       shouldReconnect: (close) => (close.code === 4401
@@ -327,7 +329,7 @@ function open(project, documentId, user, token, minted) {
   });
   // The server refuses a token inside the WebSocket, with y-protocols' permission-denied
   // message (the stock provider would only warn in the console and retry): say why, and stop,
-  // unless the token merely expired and a renewed one is already waiting in `params`.
+  // unless the token merely expired and a renewed one is already waiting in `protocols`.
   provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
     readAuthMessage(decoder, doc, (_doc, reason) => {
       if (session !== current) return;
@@ -381,15 +383,15 @@ function open(project, documentId, user, token, minted) {
 }
 
 function scheduleRenewal(expiresAt) {
-  // The server closes a connection with 4001 when its token expires; the provider reconnects
-  // with whatever `params` then holds, so a fresh token must be there first.
+  // The server closes a connection with 4401 when its token expires; the provider reconnects
+  // with whatever `protocols` then holds, so a fresh token must be there first.
   const delay = Math.max(0, expiresAt * 1000 - Date.now() - TOKEN_RENEW_MARGIN_MS);
   const current = session;
   current.renewTimer = setTimeout(async () => {
     try {
       const fresh = await mintToken(current.user, current.project);
       if (session !== current) return;
-      current.provider.params = { token: fresh.token };
+      current.provider.protocols = ['bearer', fresh.token];
       scheduleRenewal(fresh.expires_at);
     } catch (error) {
       log('error', `could not renew the token: ${error.message}`);
