@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import from_json, to_json
 
-from app.rooms.events import Author, InstanceEvent, Resync, Revoke, RoomEvent
+from app.rooms.events import Author, AwarenessQuery, InstanceEvent, Resync, Revoke, RoomEvent
 
 VERSION = 1
 LEGACY = 0
@@ -33,6 +33,7 @@ _NEWLINE = b"\n"
 # Version 0's control events, disguised as message types.
 _LEGACY_REVOKE = "texflow.revoke"
 _LEGACY_RESYNC = "texflow.resync"
+_LEGACY_AWARENESS_QUERY = "texflow.awareness_query"
 # Before the year 10000: what an RFC 3339 timestamp for clients can say.
 _LAST_TIMESTAMP = 253_402_300_800.0
 
@@ -70,11 +71,18 @@ class ResyncHeader(_Header):
     kind: Literal["resync"]
 
 
-Header = Annotated[EventHeader | RevokeHeader | ResyncHeader, Field(discriminator="kind")]
+class AwarenessQueryHeader(_Header):
+    kind: Literal["awareness_query"]
+    document_id: str
+
+
+Header = Annotated[
+    EventHeader | RevokeHeader | ResyncHeader | AwarenessQueryHeader, Field(discriminator="kind")
+]
 _HEADER = TypeAdapter[Header](Header)
 
 
-KINDS = frozenset({"event", "revoke", "resync"})
+KINDS = frozenset({"event", "revoke", "resync", "awareness_query"})
 
 
 class Unreadable(Exception):
@@ -126,6 +134,13 @@ def encode(origin: str, event: InstanceEvent, version: int = VERSION) -> bytes:
         return to_json(header) + _NEWLINE + event.payload
     if isinstance(event, Revoke):
         header = {"v": VERSION, "origin": origin, "kind": "revoke", "user_id": event.user_id}
+    elif isinstance(event, AwarenessQuery):
+        header = {
+            "v": VERSION,
+            "origin": origin,
+            "kind": "awareness_query",
+            "document_id": event.document_id,
+        }
     else:
         header = {"v": VERSION, "origin": origin, "kind": "resync"}
     return to_json(header) + _NEWLINE
@@ -140,6 +155,10 @@ def _encode_legacy(origin: str, event: InstanceEvent) -> bytes:
         body = JsonCodec().encode(event)
     elif isinstance(event, Revoke):
         fields, body = (_LEGACY_REVOKE, "service", ""), event.user_id.encode()
+    elif isinstance(event, AwarenessQuery):
+        # Instances of before version 1 skip it as a malformed envelope; they hold no
+        # documents to answer from anyway.
+        fields, body = (_LEGACY_AWARENESS_QUERY, "instance", ""), event.document_id.encode()
     else:
         fields, body = (_LEGACY_RESYNC, "instance", ""), b""
     return _NEWLINE.join((origin.encode(), *(field.encode() for field in fields), body))
@@ -179,6 +198,8 @@ class Decoder:
             )
         if isinstance(header, RevokeHeader):
             return header.origin, Revoke(project_id, header.user_id)
+        if isinstance(header, AwarenessQueryHeader):
+            return header.origin, AwarenessQuery(project_id, header.document_id)
         return header.origin, Resync(project_id)
 
     def _decode_legacy(self, project_id: str, data: bytes) -> tuple[str, InstanceEvent]:
@@ -194,6 +215,8 @@ class Decoder:
             return origin, Revoke(project_id, body.decode(errors="replace"))
         if message_type == _LEGACY_RESYNC:
             return origin, Resync(project_id)
+        if message_type == _LEGACY_AWARENESS_QUERY:
+            return origin, AwarenessQuery(project_id, body.decode(errors="replace"))
         try:
             envelope = _LegacyEnvelope.model_validate_json(body)
         except ValidationError:

@@ -63,6 +63,9 @@ class DocumentLibrary:
         # Told of every update fetched from the store for a resident document, so that the
         # clients on this instance get what other instances stored (DocumentService).
         self.on_fetched: Callable[[LiveDocument, bytes], None] = lambda document, update: None
+        # Told of each document loaded here (the service asks the other instances for its
+        # awareness states).
+        self.on_loaded: Callable[[LiveDocument], None] = lambda document: None
         # Callers waiting for a load: the document is not idle until they have taken it.
         self._waiting: Counter[DocumentKey] = Counter()
 
@@ -245,6 +248,7 @@ class DocumentLibrary:
         self._documents[key] = document
         self._per_project[key.project_id] += 1
         self._gauge()
+        self.on_loaded(document)
         # Every caller gave up while it loaded: nobody will use it, so it goes idle now. (Those
         # still waiting are counted in _waiting until they have taken it.)
         self._idle(document)

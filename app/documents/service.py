@@ -19,6 +19,7 @@ from app.documents.store.base import DocumentKey, StoreError
 from app.documents.writer import DocumentWriter
 from app.errors import Refusal
 from app.fanout.connection import Connection
+from app.rooms.events import AwarenessQuery
 from app.rooms.registry import RoomRegistry
 
 logger = logging.getLogger("texflow.documents")
@@ -79,6 +80,8 @@ class DocumentService:
         self._registry = registry
         self.max_document_bytes = max_document_bytes
         library.on_fetched = self._deliver_fetched
+        library.on_loaded = self._ask_for_awareness
+        registry.on_awareness_query = self._answer_awareness_query
 
     def _deliver_fetched(self, document: LiveDocument, update: bytes) -> None:
         # Fetched by every instance that holds the document: delivered to this instance's
@@ -88,6 +91,24 @@ class DocumentService:
             "yjs_update",
             {"document_id": document.key.document_id, "update": b64(update), "origin": "store"},
         )
+
+    def _ask_for_awareness(self, document: LiveDocument) -> None:
+        # Who is in the document is announced once, and live: an instance that did not hold
+        # it then has no states for its joiners until each client renews its own (15 s).
+        key = document.key
+        self._registry.publish_control(AwarenessQuery(key.project_id, key.document_id))
+
+    def _answer_awareness_query(self, query: AwarenessQuery) -> None:
+        document = self.library.resident(DocumentKey(query.project_id, query.document_id))
+        if document is None or document.deleted:
+            return
+        states = document.awareness.encode()
+        if states is not None:
+            self._registry.publish_remote(
+                query.project_id,
+                "yjs_awareness",
+                {"document_id": query.document_id, "update": b64(states)},
+            )
 
     def editor(self, connection: Connection) -> Editor:
         return Editor(self, connection)

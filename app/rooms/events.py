@@ -66,6 +66,16 @@ class Resync:
     project_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class AwarenessQuery:
+    """An instance has just loaded the document: the instances holding it answer with its
+    awareness states, which that instance never received (it was not subscribed, or did not
+    hold the document, when they were announced)."""
+
+    project_id: str
+    document_id: str
+
+
 # Control events are their own types, never message types in disguise.
-ControlEvent = Revoke | Resync
+ControlEvent = Revoke | Resync | AwarenessQuery
 InstanceEvent = RoomEvent | ControlEvent

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,7 @@ from app.fanout.broadcast import broadcast
 from app.fanout.connection import Connection
 from app.metrics import Metrics
 from app.protocols.json.messages import RELAYED_TYPES, SERVER_ONLY_TYPES
-from app.rooms.events import Author, InstanceEvent, Resync, Revoke, RoomEvent
+from app.rooms.events import Author, AwarenessQuery, InstanceEvent, Resync, Revoke, RoomEvent
 from app.rooms.room import NoHooks, Room, RoomHooks
 
 logger = logging.getLogger("texflow.registry")
@@ -74,6 +74,8 @@ class RoomRegistry:
         self._refreshes: dict[str, asyncio.Task[None]] = {}
         self._refresh_again: set[str] = set()
         self.accepting = False
+        # Set by the documents: answers another instance's AwarenessQuery.
+        self.on_awareness_query: Callable[[AwarenessQuery], None] = lambda query: None
 
     async def start(self) -> None:
         await self._broadcaster.start(self)
@@ -310,6 +312,18 @@ class RoomRegistry:
             room.apply(event)
         return self._publish(room, event)
 
+    def publish_control(self, event: AwarenessQuery) -> None:
+        """A control event for the other instances only."""
+        self._broadcaster.publish(event)
+
+    def publish_remote(
+        self, project_id: str, message_type: str, payload: Mapping[str, Any]
+    ) -> None:
+        """A server event for the other instances' connections of the project, not this one's
+        (which have it already)."""
+        event = RoomEvent(project_id, message_type, to_json(payload), _SERVER_AUTHOR, time.time())
+        self._broadcaster.publish(event)
+
     def deliver_local(self, project_id: str, message_type: str, payload: Mapping[str, Any]) -> int:
         """A server event for every connection of the project on this instance only (each
         instance makes its own); returns how many got it."""
@@ -426,6 +440,8 @@ class RoomRegistry:
         elif isinstance(event, Revoke):
             self.revocations.revoke(event.project_id, event.user_id)
             self._close_user(event.project_id, event.user_id)
+        elif isinstance(event, AwarenessQuery):
+            self.on_awareness_query(event)
         else:
             self._refresh_presence(event.project_id)
 

@@ -26,6 +26,7 @@ from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
 from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, yjs_client
+from tests.support.ywebsocket import provider, yjs_url
 
 pytestmark = pytest.mark.anyio
 
@@ -389,3 +390,30 @@ async def _store_failing(servers: list[ServerProcess]) -> bool:
             if body["document_store"] == "failing":
                 return True
     return False
+
+
+async def test_a_joiner_on_another_instance_sees_who_is_already_in_the_document(
+    postgres: PostgresServer, redis: RedisServer
+) -> None:
+    """Awareness is announced once, live: an instance that loads the document later asks the
+    others for its states, so its joiners see everyone at once (not at the next renewal)."""
+    with cluster(redis, 2, **documents_env(postgres)) as (one, two):
+        await redis_state(one, two, connected=True)
+        async with synced(one.ws_url("aw", one.token("jill")), "jill") as jill:
+            await jill.set_awareness({"user": {"name": "Jill"}})
+            # Stored and announced before anyone is on the second instance, or in its room.
+            address = yjs_url(two.port, "aw", DOCUMENT_ID, two.token("pat"))
+            async with provider(address) as pat:
+                await pat.read_until(
+                    lambda: any(
+                        s.get("user", {}).get("name") == "Jill" for s in pat.states().values()
+                    )
+                )
+            # The JSON protocol's joiners too, once the document was unloaded there again.
+            async with synced(two.ws_url("aw", two.token("kim")), "kim") as kim:
+                await kim.read_until(
+                    lambda: any(
+                        s.get("user", {}).get("name") == "Jill"
+                        for s in kim.awareness.states.values()
+                    )
+                )

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.broadcaster import wire
-from app.rooms.events import Author, Resync, Revoke, RoomEvent
+from app.rooms.events import AwarenessQuery, Author, Resync, Revoke, RoomEvent
 
 EVENT = RoomEvent(
     "p1",
@@ -19,8 +19,10 @@ EVENT = RoomEvent(
 )
 
 
-@pytest.mark.parametrize("event", [EVENT, Revoke("p1", "bob"), Resync("p1")])
-def test_every_event_round_trips(event: RoomEvent | Revoke | Resync) -> None:
+@pytest.mark.parametrize(
+    "event", [EVENT, Revoke("p1", "bob"), Resync("p1"), AwarenessQuery("p1", "a/b.tex")]
+)
+def test_every_event_round_trips(event: RoomEvent | Revoke | Resync | AwarenessQuery) -> None:
     assert wire.Decoder().decode("p1", wire.encode("instance-a", event)) == ("instance-a", event)
 
 
@@ -70,7 +72,7 @@ def test_junk_and_the_old_unversioned_format_are_malformed(data: bytes) -> None:
 
 
 def test_every_version_1_event_starts_with_its_origins_prefix() -> None:
-    for event in (EVENT, Revoke("p1", "bob"), Resync("p1")):
+    for event in (EVENT, Revoke("p1", "bob"), Resync("p1"), AwarenessQuery("p1", "a/b.tex")):
         assert wire.encode("instance-é", event).startswith(wire.origin_prefix("instance-é"))
     assert not wire.encode("instance-a", EVENT).startswith(wire.origin_prefix("instance"))
 
@@ -96,9 +98,11 @@ def test_a_payload_that_is_not_a_json_object_is_malformed(payload: bytes) -> Non
     assert info.value.reason == "malformed"
 
 
-@pytest.mark.parametrize("event", [EVENT, Revoke("p1", "bob"), Resync("p1")])
+@pytest.mark.parametrize(
+    "event", [EVENT, Revoke("p1", "bob"), Resync("p1"), AwarenessQuery("p1", "a/b.tex")]
+)
 def test_version_0_is_written_and_read_for_a_rolling_deploy_from_older_releases(
-    event: RoomEvent | Revoke | Resync,
+    event: RoomEvent | Revoke | Resync | AwarenessQuery,
 ) -> None:
     data = wire.encode("instance-a", event, wire.LEGACY)
 
