@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.broadcaster import wire
-from app.rooms.events import AwarenessQuery, Author, Resync, Revoke, RoomEvent
+from app.rooms.events import Author, AwarenessQuery, Resync, Revoke, RoomEvent
 
 EVENT = RoomEvent(
     "p1",
