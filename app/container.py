@@ -14,6 +14,7 @@ from app.admission.gatekeeper import Gatekeeper
 from app.admission.limits import ConnectionLimiter
 from app.admission.origins import OriginPolicy
 from app.admission.proxies import ClientAddressResolver
+from app.admission.revocations import Revocations
 from app.broadcaster.base import Broadcaster
 from app.broadcaster.memory import MemoryBroadcaster
 from app.broadcaster.redis import RedisBroadcaster
@@ -27,11 +28,14 @@ from app.documents.store.sqlite import SqliteStore
 from app.documents.writer import DocumentWriter
 from app.fanout.connection import BacklogLimits
 from app.metrics import Metrics
-from app.protocols.json.codec import JsonCodec
+from app.protocols.json.codec import JsonCodec, JsonRoutes
+from app.protocols.ywebsocket.codec import YWebsocketRoutes, permission_denied
 from app.reclaimer import Reclaimer
 from app.rooms.registry import RoomRegistry
 from app.routers.ws import SocketEndpoint
 from app.session.handler import SessionHandler, SessionLimits
+from app.session.keepalive import KeepAlive
+from app.session.refusal_hold import RefusalHold
 from app.settings import POSTGRES_SCHEMES, Settings
 
 
@@ -114,12 +118,14 @@ class Container(containers.DeclarativeContainer):
         catch_up_interval=settings.provided.document_catch_up_interval,
     )
     document_hooks = providers.Singleton(DocumentHooks, library=library)
+    revocations = providers.Singleton(Revocations, memory=settings.provided.revocation_memory)
     registry = providers.Singleton(
         RoomRegistry,
         broadcaster=broadcaster,
         metrics=metrics,
         hooks=document_hooks,
         grace=settings.provided.room_grace,
+        revocations=revocations,
     )
     documents = providers.Singleton(
         DocumentService,
@@ -142,6 +148,7 @@ class Container(containers.DeclarativeContainer):
         addresses=addresses,
         metrics=metrics,
         registry=registry,
+        revocations=revocations,
     )
     backlog_limits = providers.Singleton(
         BacklogLimits,
@@ -157,6 +164,7 @@ class Container(containers.DeclarativeContainer):
         expiry_warning=settings.provided.token_expiry_warning,
         leeway=settings.provided.jwt_leeway,
     )
+    keepalive = providers.Singleton(KeepAlive, interval=settings.provided.yjs_keepalive)
     sessions = providers.Singleton(
         SessionHandler,
         registry=registry,
@@ -165,13 +173,34 @@ class Container(containers.DeclarativeContainer):
         backlog=backlog_limits,
         limits=session_limits,
         documents=documents,
+        keepalive=keepalive,
     )
     json_codec = providers.Singleton(JsonCodec)
+    refusal_hold = providers.Singleton(
+        RefusalHold,
+        ip_limiter=ip_limiter,
+        metrics=metrics,
+        hold=settings.provided.yjs_refusal_hold,
+        message=permission_denied,
+    )
     # The one table of WebSocket routes: a path prefix per wire protocol.
     sockets = providers.Dict(
         {
             "/ws/": providers.Singleton(
-                SocketEndpoint, gatekeeper=gatekeeper, sessions=sessions, codec=json_codec
+                SocketEndpoint,
+                gatekeeper=gatekeeper,
+                sessions=sessions,
+                route=providers.Singleton(JsonRoutes, codec=json_codec),
+                protocol="json",
+            ),
+            "/yjs/": providers.Singleton(
+                SocketEndpoint,
+                gatekeeper=gatekeeper,
+                sessions=sessions,
+                route=providers.Singleton(YWebsocketRoutes),
+                protocol="ywebsocket",
+                max_frame_bytes=settings.provided.yjs_frame_bytes,
+                hold=refusal_hold,
             ),
         }
     )

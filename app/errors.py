@@ -18,6 +18,8 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4001
     ACCESS_REVOKED = 4003
+    UNAUTHORIZED = 4401
+    DOCUMENT_DELETED = 4410
 
 
 class Refusal(Exception):

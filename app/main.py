@@ -35,16 +35,19 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = container.registry()
         reclaimer = container.reclaimer()
+        keepalive = container.keepalive()
         store = container.document_store()
         library = container.library()
         await store.start()
         library.start()
         await registry.start()
         await reclaimer.start()
+        await keepalive.start()
         try:
             yield
         finally:
             try:
+                await keepalive.stop()
                 await reclaimer.stop()
                 await registry.stop()
             finally:

@@ -38,6 +38,10 @@ class TypeCounter(Collector):
         yield family
 
 
+# Every wire protocol's label: the codecs' names.
+PROTOCOLS = ("json", "ywebsocket")
+
+
 class Metrics:
     """Counters and gauges the room registry and sessions update."""
 
@@ -45,7 +49,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.active_connections = Gauge(
             "websocket_active_connections",
-            "Open WebSocket connections on this instance.",
+            "Open WebSocket connections on this instance, by protocol ('json' on /ws/, "
+            "'ywebsocket' on /yjs/).",
+            ["protocol"],
             registry=self.registry,
         )
         self.total_rooms = Gauge(
@@ -76,15 +82,20 @@ class Metrics:
         self._received = self.messages_received.counts
         self.connections = Counter(
             "websocket_connections_total",
-            "WebSocket connections accepted.",
+            "WebSocket connections accepted, by protocol.",
+            ["protocol"],
             registry=self.registry,
         )
         self.disconnections = Counter(
             "websocket_disconnections_total",
-            "WebSocket connections ended, by close code (1006: no close frame).",
-            ["code"],
+            "WebSocket connections ended, by close code (1006: no close frame) and protocol.",
+            ["code", "protocol"],
             registry=self.registry,
         )
+        for protocol in PROTOCOLS:
+            # Present from the start, so that a dashboard shows 0 rather than no data.
+            self.active_connections.labels(protocol)
+            self.connections.labels(protocol)
         self.broadcaster_info = Gauge(
             "websocket_broadcaster_info",
             "1 for the broadcaster in use: backend 'redis' or 'memory'.",
@@ -99,8 +110,15 @@ class Metrics:
         )
         self.rejected_upgrades = Counter(
             "websocket_rejected_upgrades_total",
-            "Upgrade requests refused before the handshake, by error code.",
-            ["code"],
+            "Upgrade requests refused, by error code and protocol (on /yjs/ the refusals of "
+            "the token are told inside the WebSocket: see websocket_held_refusals).",
+            ["code", "protocol"],
+            registry=self.registry,
+        )
+        self.held_refusals = Gauge(
+            "websocket_held_refusals",
+            "Refused /yjs/ connections held open after their auth message, so that stock "
+            "providers do not reconnect at once.",
             registry=self.registry,
         )
         self.backlog_coalesced = Counter(

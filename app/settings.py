@@ -205,6 +205,19 @@ class Settings:
     # How often resident documents are brought up to the store (what other instances stored
     # and this one missed live); 0 turns it off.
     document_catch_up_interval: float = 1.0
+    # How often /yjs connections get a keep-alive frame: the stock y-websocket provider closes a
+    # connection on which nothing arrived for 30 s, and server pings are invisible to it.
+    yjs_keepalive: float = 10.0
+    # How long a /yjs upgrade refused for its token is held open after its auth message: the
+    # stock provider reconnects 100 ms after any connection that opened, so this is its pace.
+    yjs_refusal_hold: float = 30.0
+    # How long a revocation keeps refusing the tokens issued before it: longer than tokens live.
+    revocation_memory: float = 86_400.0
+
+    @property
+    def yjs_frame_bytes(self) -> int:
+        """The frame limit on /yjs/: a whole document in one sync step 2, plus its framing."""
+        return max(self.max_message_size, self.max_document_bytes + 64)
 
     @property
     def is_production(self) -> bool:
@@ -300,6 +313,9 @@ class Settings:
             document_catch_up_interval=parse_duration(
                 "DOCUMENT_CATCH_UP_INTERVAL", env.get("DOCUMENT_CATCH_UP_INTERVAL") or "1s"
             ),
+            yjs_keepalive=_positive_duration(env, "YJS_KEEPALIVE", "10s"),
+            yjs_refusal_hold=_positive_duration(env, "YJS_REFUSAL_HOLD", "30s"),
+            revocation_memory=_positive_duration(env, "REVOCATION_MEMORY", "24h"),
         )
         settings.check()
         return settings

@@ -23,6 +23,8 @@ class Identity:
     user_id: str
     username: str
     expires_at: float
+    # The `iat` claim: a revocation refuses the tokens issued before it (None: unknown).
+    issued_at: float | None = None
     # None means the token is not limited to particular projects.
     projects: frozenset[str] | None = None
     roles: frozenset[str] = frozenset()
@@ -139,10 +141,13 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
     roles: Iterable[Any] = [roles_claim] if isinstance(roles_claim, str) else roles_claim
     if not isinstance(roles, list | tuple) or not all(isinstance(r, str) for r in roles):
         raise _unauthorized("token claim roles must be a list of strings")
+    issued = claims.get("iat")
     return Identity(
         user_id=user_id,
         username=username[:128],
         expires_at=float(claims["exp"]),
+        # python-jose checks that `iat`, when present, is a number.
+        issued_at=float(issued) if isinstance(issued, int | float) else None,
         projects=frozenset(projects) if projects is not None else None,
         roles=frozenset(roles),
     )

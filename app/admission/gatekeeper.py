@@ -10,6 +10,7 @@ from app.admission.auth import AuthService, Identity
 from app.admission.limits import ConnectionLimiter
 from app.admission.origins import OriginPolicy
 from app.admission.proxies import ClientAddressResolver
+from app.admission.revocations import Revocations
 from app.errors import Refusal
 from app.metrics import Metrics
 from app.rooms.registry import RoomRegistry
@@ -73,8 +74,10 @@ class Gatekeeper:
         addresses: ClientAddressResolver,
         metrics: Metrics,
         registry: RoomRegistry,
+        revocations: Revocations,
     ) -> None:
         self._auth = auth
+        self._revocations = revocations
         self._origins = origins
         self._ip_limiter = ip_limiter
         self._user_limiter = user_limiter
@@ -90,12 +93,16 @@ class Gatekeeper:
         query: Mapping[str, str],
         peer: str,
         subprotocols: Sequence[str] = (),
+        protocol: str = "json",
     ) -> Ticket:
         try:
             return self._check(project_id, headers, query, peer, subprotocols)
         except Refusal as rejection:
-            self._metrics.rejected_upgrades.labels(rejection.code).inc()
+            self.count_refusal(rejection, protocol)
             raise
+
+    def count_refusal(self, rejection: Refusal, protocol: str) -> None:
+        self._metrics.rejected_upgrades.labels(rejection.code, protocol).inc()
 
     def client_address(self, peer: str, headers: Mapping[str, str]) -> str:
         return self._addresses.resolve(peer, headers)
@@ -121,6 +128,12 @@ class Gatekeeper:
             )
         found = credentials(headers, query, subprotocols)
         identity = self._auth.authenticate(found.token, project_id)
+        if self._revocations.refuses(project_id, identity.user_id, identity.issued_at):
+            raise Refusal(
+                "access_revoked",
+                "access to this project was revoked: a new token from the web app is needed",
+                status=403,
+            )
         ip = self._addresses.resolve(peer, headers)
         if not self._ip_limiter.acquire(ip):
             raise Refusal(

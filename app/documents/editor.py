@@ -3,6 +3,7 @@ order, awareness, updates in parts; and what it leaves behind when it closes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections import deque
 from typing import TYPE_CHECKING
@@ -46,7 +47,16 @@ class Editor:
     never touch a document: what only documents need is made on first use (an empty deque is
     760 bytes, against about 17 KiB for a whole idle connection)."""
 
-    __slots__ = ("_acks", "_closed", "_connection", "_documents", "_service", "_uploads")
+    __slots__ = (
+        "_acks",
+        "_closed",
+        "_connection",
+        "_documents",
+        "_greeted",
+        "_service",
+        "_settled",
+        "_uploads",
+    )
 
     def __init__(self, service: DocumentService, connection: Connection) -> None:
         self._service = service
@@ -57,6 +67,10 @@ class Editor:
         self._acks: deque[_Ack] | None = None
         self._uploads: Uploads | None = None
         self._closed = False
+        # Documents whose step 1 and awareness were sent as the connection opened.
+        self._greeted: set[str] | None = None
+        # Woken when every update so far is stored (a sync waits for it where no acks exist).
+        self._settled: asyncio.Event | None = None
 
     async def _open(self, document_id: str, *, reopen: bool = False) -> LiveDocument:
         """The document, opened for this connection on first use. Once it was deleted through
@@ -84,12 +98,27 @@ class Editor:
         self._documents[document_id] = document
         return document
 
+    async def greet(self, document_id: str) -> None:
+        """The server's own step 1 and every awareness state of the document, unasked: what a
+        y-websocket server sends as a connection opens. Its later step 1 gets step 2 only."""
+        document = await self._open(document_id)
+        if self._greeted is None:
+            self._greeted = set()
+        self._greeted.add(document_id)
+        self._offer(document_id, document)
+
     async def sync(self, document_id: str, state_vector: bytes) -> None:
         """Step 1 from the client: what it lacks, then the server's own step 1, then every
-        awareness state of the document."""
+        awareness state of the document.
+
+        Without acknowledgements in the protocol, step 2 waits until every update the
+        connection sent before this step 1 is stored: a provider's sync after its edits is
+        then the proof that they are durable."""
         document = await self._open(document_id, reopen=True)
         send = self._service.send
         connection = self._connection
+        if not connection.codec.acknowledges:
+            await self._stored()
         # A document's state may be larger than the backlog allows: it is sent as a reply, one
         # at a time, so a client that opens many large documents waits instead of being
         # closed (and closed again after every reconnect).
@@ -101,6 +130,28 @@ class Editor:
             {"document_id": document_id, "update": b64(update)},
             reply=True,
         )
+        if self._greeted is None or document_id not in self._greeted:
+            self._offer(document_id, document)
+
+    async def query_awareness(self, document_id: str) -> None:
+        document = await self._open(document_id)
+        states = document.awareness.encode()
+        if states is not None:
+            self._service.send(
+                self._connection,
+                "yjs_awareness",
+                {"document_id": document_id, "update": b64(states)},
+            )
+
+    async def _stored(self) -> None:
+        while self._acks and not self._closed:
+            if self._settled is None:
+                self._settled = asyncio.Event()
+            await self._settled.wait()
+
+    def _offer(self, document_id: str, document: LiveDocument) -> None:
+        send = self._service.send
+        connection = self._connection
         send(
             connection,
             "yjs_sync_step1",
@@ -155,6 +206,9 @@ class Editor:
             done = acks.popleft()
             if not self._closed:
                 self._service.send(self._connection, "yjs_ack", {"document_id": done.document_id})
+        if not acks and self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     def close(self) -> None:
         """Remove the connection's awareness states (telling the others) and stop using its
@@ -162,6 +216,8 @@ class Editor:
         self._closed = True
         self._acks = None
         self._uploads = None
+        if self._settled is not None:
+            self._settled.set()
         library = self._service.library
         connection = self._connection
         for document_id, document in self._documents.items():

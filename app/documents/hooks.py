@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import logging
+from collections.abc import Iterable
 
 from pydantic_core import from_json
 
@@ -13,11 +14,21 @@ from app.documents.awareness import AwarenessRefused
 from app.documents.document import EMPTY_UPDATE
 from app.documents.library import DocumentLibrary
 from app.documents.store.base import DocumentKey
-from app.errors import Refusal
+from app.errors import CloseCode, Refusal
+from app.fanout.connection import Connection
 from app.rooms.events import RoomEvent
 from app.rooms.room import Room
 
 logger = logging.getLogger("texflow.documents")
+
+
+def close_bound(connections: Iterable[Connection], document_id: str) -> None:
+    """Close the connections bound to a deleted document (y-websocket's): their protocol has
+    no message for a delete, and their provider would go on editing a document that is gone.
+    Its reconnect starts the document again, as a JSON client's next sync step does."""
+    for connection in list(connections):
+        if connection.codec.document_id == document_id:
+            connection.close(CloseCode.DOCUMENT_DELETED, "document deleted")
 
 
 class DocumentHooks:
@@ -35,7 +46,9 @@ class DocumentHooks:
 
     def apply(self, room: Room, event: RoomEvent) -> None:
         if event.type == "yjs_document_deleted":
-            self._deleted(event)
+            document_id = self._deleted(event)
+            if document_id is not None:
+                close_bound(room.connections.values(), document_id)
             return
         if event.type != "yjs_update" and event.type != "yjs_awareness":
             return
@@ -69,16 +82,17 @@ class DocumentHooks:
                 extra={"event": "remote_update_failed", "project_id": event.project_id},
             )
 
-    def _deleted(self, event: RoomEvent) -> None:
+    def _deleted(self, event: RoomEvent) -> str | None:
         """Deleted through another instance: this copy goes, and its users' later updates are
         refused instead of writing it back."""
         try:
             document_id = from_json(event.payload)["document_id"]
         except (ValueError, KeyError, TypeError):
-            return
+            return None
         if not isinstance(document_id, str):
-            return
+            return None
         document = self._library.resident(DocumentKey(event.project_id, document_id))
         if document is not None:
             document.deleted = True
             self._library.forget(document)
+        return document_id

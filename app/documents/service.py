@@ -13,6 +13,7 @@ from typing import Any
 
 from app.documents.document import EMPTY_UPDATE, LiveDocument, Write
 from app.documents.editor import Editor, b64, deleted
+from app.documents.hooks import close_bound
 from app.documents.library import DocumentLibrary, unavailable
 from app.documents.store.base import DocumentKey, StoreError
 from app.documents.writer import DocumentWriter
@@ -253,6 +254,7 @@ class DocumentService:
                 username="server",
                 applied=True,
             )
+            close_bound(self._registry.members(key.project_id), key.document_id)
             if document is None:
                 return existed
             self.library.forget(document)

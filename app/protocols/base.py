@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-from app.protocols.json.messages import ClientMessage
+from app.errors import Refusal
+from app.protocols.json.messages import InboundMessage
 from app.rooms.events import RoomEvent
 
 
@@ -24,10 +26,44 @@ class Codec(Protocol):
     def binary(self) -> bool:
         """True when the protocol's frames are binary, False for text."""
 
-    def decode(self, text: str | None, data: bytes | None) -> ClientMessage:
+    @property
+    def document_id(self) -> str | None:
+        """The one document the protocol's connections are bound to, for a protocol whose
+        frames name none (a codec per document); None when frames name their documents."""
+
+    @property
+    def acknowledges(self) -> bool:
+        """True when the protocol carries `yjs_ack`; without it, the answer to a sync step 1
+        waits until every update the connection sent before it is stored."""
+
+    @property
+    def paced(self) -> bool:
+        """True when frames past the rate limit wait to be read instead of being dropped with
+        an `error`: a protocol without error messages would lose a dropped update silently."""
+
+    @property
+    def keepalive(self) -> bytes | None:
+        """A message the client ignores, sent periodically to connections whose clients close
+        quiet connections themselves; None when its clients need none."""
+
+    def decode(self, text: str | None, data: bytes | None) -> InboundMessage:
         """One received frame (`text` for a text frame, `data` for a binary one) as a validated
         client message; raises Refusal with what the client should be told."""
 
     def encode(self, event: RoomEvent) -> bytes | None:
         """The message carrying `event`, unframed; None when the protocol has no form for it
         (its connections then do not get it)."""
+
+    def closes_for(self, refusal: Refusal) -> tuple[int, str] | None:
+        """The close a refusal calls for, when the protocol cannot tell its client otherwise
+        and going on would leave it believing the server holds what it refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an upgrade's path leads: its project, the protocol it speaks and, for protocols
+    whose frames name no document, the one document the connection is bound to."""
+
+    project_id: str
+    codec: Codec
+    document_id: str | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from app.admission.revocations import DEFAULT_REVOCATION_MEMORY, Revocations
 from app.broadcaster.base import Broadcaster, Member
 from app.errors import CloseCode, Refusal
 from app.fanout.broadcast import broadcast
@@ -54,8 +55,13 @@ class RoomRegistry:
         metrics: Metrics,
         hooks: RoomHooks | None = None,
         grace: float = 0.0,
+        revocations: Revocations | None = None,
     ) -> None:
         self._broadcaster = broadcaster
+        # Written here, where every instance learns of a revocation; read by admission.
+        self.revocations = (
+            Revocations(DEFAULT_REVOCATION_MEMORY) if revocations is None else revocations
+        )
         self._metrics = metrics
         self._hooks: RoomHooks = hooks or NoHooks()
         self._grace = grace
@@ -125,6 +131,11 @@ class RoomRegistry:
         """The connection `client_id` of the project, if it is on this instance."""
         room = self._rooms.get(project_id)
         return room.connections.get(client_id) if room is not None else None
+
+    def members(self, project_id: str) -> list[Connection]:
+        """This instance's connections in the project."""
+        room = self._rooms.get(project_id)
+        return [] if room is None else list(room.connections.values())
 
     @property
     def connection_count(self) -> int:
@@ -311,6 +322,7 @@ class RoomRegistry:
     def revoke(self, project_id: str, user_id: str) -> int:
         """Close the user's connections in the project with 4003, on every instance.
         Returns how many were open on this instance."""
+        self.revocations.revoke(project_id, user_id)
         closed = self._close_user(project_id, user_id)
         self._broadcaster.publish(Revoke(project_id, user_id))
         return closed
@@ -412,6 +424,7 @@ class RoomRegistry:
                     return
             self._fan_out(room, event)
         elif isinstance(event, Revoke):
+            self.revocations.revoke(event.project_id, event.user_id)
             self._close_user(event.project_id, event.user_id)
         else:
             self._refresh_presence(event.project_id)

@@ -28,8 +28,9 @@ from app.metrics import Metrics
 from app.protocols.base import Codec
 from app.protocols.json.messages import (
     DOCUMENT_TYPES,
-    ClientMessage,
+    InboundMessage,
     YjsAwareness,
+    YjsQueryAwareness,
     YjsSyncStep1,
     YjsSyncStep2,
     YjsUpdate,
@@ -37,6 +38,7 @@ from app.protocols.json.messages import (
     utc_timestamp,
 )
 from app.rooms.registry import RoomRegistry
+from app.session.keepalive import KeepAlive
 from app.session.ratelimit import StrikeCounter, TokenBucket
 from app.socket.transport import transport_of
 
@@ -146,21 +148,37 @@ class SessionHandler:
         backlog: BacklogLimits,
         limits: SessionLimits,
         documents: DocumentService,
+        keepalive: KeepAlive,
     ) -> None:
         self._registry = registry
+        self._keepalive = keepalive
         self._documents = documents
         self._metrics = metrics
         self._auth = auth
         self._backlog = backlog
         self._limits = limits
 
-    async def run(self, websocket: WebSocket, ticket: Ticket, codec: Codec) -> None:
+    async def run(
+        self,
+        websocket: WebSocket,
+        ticket: Ticket,
+        codec: Codec,
+        *,
+        document_id: str | None = None,
+        max_frame_bytes: int | None = None,
+    ) -> None:
+        """Serve one admitted WebSocket. `document_id`: the one document the connection is
+        bound to (the path names it), opened and offered as it joins; `max_frame_bytes`: its
+        frame limit, when not the server's."""
         # The ticket's slots are freed as soon as the socket is gone, before presence cleanup,
         # so a client that sees `user_left` may reconnect at once.
         try:
+            transport = transport_of(websocket.scope)
+            if transport is not None and max_frame_bytes is not None:
+                # Before the accept: the client's first frame may follow the 101 at once.
+                transport.limit_frames(max_frame_bytes)
             await websocket.accept(subprotocol=ticket.subprotocol)
             _scrub(websocket.scope)
-            transport = transport_of(websocket.scope)
             if transport is None:
                 logger.error(
                     "server has no texflow transport; start it with `python -m app`",
@@ -180,14 +198,21 @@ class SessionHandler:
                 limits=self._backlog,
                 observer=self._metrics,
             )
-            await self._serve(websocket, connection, ticket)
+            await self._serve(websocket, connection, ticket, document_id)
         finally:
             ticket.release()
 
-    async def _serve(self, websocket: WebSocket, connection: Connection, ticket: Ticket) -> None:
+    async def _serve(
+        self,
+        websocket: WebSocket,
+        connection: Connection,
+        ticket: Ticket,
+        document_id: str | None,
+    ) -> None:
         metrics = self._metrics
-        metrics.active_connections.inc()
-        metrics.connections.inc()
+        protocol = connection.codec.name
+        metrics.active_connections.labels(protocol).inc()
+        metrics.connections.labels(protocol).inc()
         started = time.monotonic()
         logger.info(
             "connected",
@@ -213,17 +238,28 @@ class SessionHandler:
                 connection.close(code, reason)
                 return
             expiry.schedule(ticket.identity.expires_at)
+            if document_id is not None:
+                try:
+                    await editor.greet(document_id)
+                except Refusal as refusal:
+                    self._registry.send(connection, "error", refusal.payload())
+                    code, reason = int(CloseCode.TRY_AGAIN_LATER), refusal.code
+                    connection.close(code, reason)
+                    return
+            if connection.codec.keepalive is not None:
+                self._keepalive.add(connection)
             code, reason = await self._read(websocket, connection, expiry, editor)
         finally:
+            self._keepalive.discard(connection)
             expiry.cancel()
             ticket.release()
             # Before leaving: the others are told its awareness states are gone.
             editor.close()
             await self._registry.leave(connection)
             duration = time.monotonic() - started
-            metrics.active_connections.dec()
+            metrics.active_connections.labels(protocol).dec()
             metrics.connection_duration.observe(duration)
-            metrics.disconnections.labels(str(code)).inc()
+            metrics.disconnections.labels(str(code), protocol).inc()
             logger.info(
                 "disconnected",
                 extra={
@@ -244,12 +280,19 @@ class SessionHandler:
         bucket = TokenBucket(limits.rate_per_second, limits.burst, clock())
         strikes = StrikeCounter(limits.max_strikes, limits.strike_window)
         receive = websocket.receive
+        paced = connection.codec.paced
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code") or 1005), str(message.get("reason") or "")
             now = clock()
-            if not bucket.allow(now):
+            if paced and not bucket.allow(now):
+                # Nothing dropped: reading waits for the bucket, and TCP holds the rest back.
+                await asyncio.sleep(bucket.wait())
+                now = clock()
+                bucket.allow(now)
+                self._metrics.received("rate_limited")
+            if not paced and not bucket.allow(now):
                 self._metrics.received("rate_limited")
                 self._registry.send(
                     connection,
@@ -276,7 +319,7 @@ class SessionHandler:
                 )
                 connection.close(CloseCode.POLICY_VIOLATION, "too many refused messages")
 
-    async def _edit(self, connection: Connection, editor: Editor, message: ClientMessage) -> bool:
+    async def _edit(self, connection: Connection, editor: Editor, message: InboundMessage) -> bool:
         """Handle one message for a document; False when it was refused for the client's fault."""
         self._metrics.received(message.type)
         try:
@@ -292,6 +335,8 @@ class SessionHandler:
                 await editor.part(part.document_id, part.index, part.data, part.final)
             elif isinstance(message, YjsAwareness):
                 await editor.awareness(message.payload.document_id, message.payload.update)
+            elif isinstance(message, YjsQueryAwareness):
+                await editor.query_awareness(message.payload.document_id)
         except Refusal as error:
             # Which document it was about: a client with several open can tell.
             return self._refuse(connection, error, getattr(message.payload, "document_id", None))
@@ -302,7 +347,7 @@ class SessionHandler:
             self._failed(connection)
         return True
 
-    def _handle(self, connection: Connection, message: ClientMessage, expiry: _Expiry) -> bool:
+    def _handle(self, connection: Connection, message: InboundMessage, expiry: _Expiry) -> bool:
         """Handle one message within the rate limit; False when it was refused."""
         try:
             self._metrics.received(message.type)
@@ -325,11 +370,13 @@ class SessionHandler:
             "message handling failed",
             extra={"event": "ws_internal_error", "client_id": connection.client_id},
         )
-        self._registry.send(
-            connection,
-            "error",
-            {"code": "internal_error", "message": "the message was not processed"},
-        )
+        failure = Refusal("internal_error", "the message was not processed", status=500)
+        self._registry.send(connection, "error", failure.payload())
+        close = connection.codec.closes_for(failure)
+        if close is not None:
+            # Unless the protocol cannot say so: then only a reconnect's sync step makes sure
+            # the server has what the client believes it sent.
+            connection.close(*close)
 
     def _refresh(self, connection: Connection, token: str, expiry: _Expiry) -> bool:
         try:
@@ -360,4 +407,8 @@ class SessionHandler:
         if document_id is not None:
             payload["document_id"] = document_id
         self._registry.send(connection, "error", payload)
+        close = connection.codec.closes_for(error)
+        if close is not None:
+            connection.close(*close)
+            return True
         return error.code in _NOT_THE_CLIENTS_FAULT

@@ -24,6 +24,10 @@ class TokenBucket:
             return True
         return False
 
+    def wait(self) -> float:
+        """Seconds until the next token, after `allow` said no."""
+        return (1.0 - self._tokens) / self._rate
+
 
 class StrikeCounter:
     """Counts refused messages; `strike` says when `limit` fall within `window` seconds."""

@@ -30,9 +30,13 @@ WEBSOCKET_STATE: dict[str, Callable[[Any], bool]] = {
     "read_paused": lambda value: value is False,
     "handshake_complete": lambda value: value is False,
     "loop": lambda value: isinstance(value, asyncio.AbstractEventLoop),
-    "conn": lambda value: all(
-        callable(getattr(value, name, None))
-        for name in ("send_text", "send_binary", "send_close", "data_to_send")
+    "conn": lambda value: (
+        all(
+            callable(getattr(value, name, None))
+            for name in ("send_text", "send_binary", "send_close", "data_to_send")
+        )
+        # Read by websockets' parser for each frame: `limit_frames` raises it for one connection.
+        and isinstance(getattr(value, "max_message_size", None), int)
     ),
     "frames": lambda value: isinstance(value, list),
     "initial_response": lambda value: value is None,

@@ -48,6 +48,9 @@ class FrameTransport(Protocol):
     def on_drain(self, callback: Callable[[], None] | None) -> None:
         """Call `callback` each time the buffer drains below its low-water mark."""
 
+    def limit_frames(self, max_bytes: int) -> None:
+        """Accept incoming messages of up to `max_bytes` (the server's limit otherwise)."""
+
 
 class GatewayProtocol(ClientFaultsProtocol):
     """The WebSocket protocol the service runs on; `app.upgrade.server` configures it."""
@@ -179,6 +182,10 @@ class GatewayProtocol(ClientFaultsProtocol):
 
     def on_drain(self, callback: Callable[[], None] | None) -> None:
         self._drain_callback = callback
+
+    def limit_frames(self, max_bytes: int) -> None:
+        # uvicorn's ws_max_size holds for every route; this connection's route needs another.
+        self.conn.max_message_size = max_bytes
 
     # asyncio flow control
 

@@ -662,7 +662,8 @@ def exposed() -> dict[str, frozenset[str]]:
 
 def test_the_exposition_has_the_documented_metrics(exposed: Mapping[str, frozenset[str]]) -> None:
     assert exposed["websocket_messages_sent_total"] == {"type"}
-    assert exposed["websocket_rejected_upgrades_total"] == {"code"}
+    assert exposed["websocket_rejected_upgrades_total"] == {"code", "protocol"}
+    assert exposed["websocket_active_connections"] == {"protocol"}
     assert exposed["websocket_backlog_dropped_total"] == {"type"}
     assert exposed["websocket_connection_duration_seconds_bucket"] == {"le"}
     assert exposed["websocket_redis_connected"] == set()

@@ -117,7 +117,8 @@ async def test_metrics_count_connections_rooms_and_messages(
         await receive_type(ann, "error")
         text = (await http.get("/metrics")).text
         values = samples(text)
-        assert values[("websocket_active_connections", ())] == 2
+        assert values[("websocket_active_connections", (("protocol", "json"),))] == 2
+        assert values[("websocket_active_connections", (("protocol", "ywebsocket"),))] == 0
         assert values[("websocket_total_rooms", ())] == 1
         assert grew("websocket_messages_received_total", "cursor_update") == 1
         assert grew("websocket_messages_received_total", "invalid") == 1
@@ -128,9 +129,9 @@ async def test_metrics_count_connections_rooms_and_messages(
     text = (await http.get("/metrics")).text
     after = samples(text)
     assert after[("websocket_broadcaster_info", (("backend", "memory"),))] == 1
-    accepted = ("websocket_connections_total", ())
+    accepted = ("websocket_connections_total", (("protocol", "json"),))
     assert after[accepted] - before.get(accepted, 0.0) == 3  # ann, bob and the probe
-    normal = ("websocket_disconnections_total", (("code", "1000"),))
+    normal = ("websocket_disconnections_total", (("code", "1000"), ("protocol", "json")))
     assert after[normal] - before.get(normal, 0.0) >= 2
     assert "websocket_connection_duration_seconds_bucket" in text
     assert "http_requests_total" in text

@@ -19,6 +19,7 @@ class FakeTransport:
         self.closes: list[tuple[int, str]] = []
         self.drain_callback: Callable[[], None] | None = None
         self.drain_registrations: list[Callable[[], None] | None] = []
+        self.frame_limit: int | None = None
 
     def send_data(self, data: bytes, binary: bool = False) -> None:
         assert not self.closed, "a frame was written to a closed transport"
@@ -45,6 +46,9 @@ class FakeTransport:
     def on_drain(self, callback: Callable[[], None] | None) -> None:
         self.drain_callback = callback
         self.drain_registrations.append(callback)
+
+    def limit_frames(self, max_bytes: int) -> None:
+        self.frame_limit = max_bytes
 
     def drain(self, room: int | None = None) -> None:
         """Make the buffer writable again (for `room` frames) and call the drain callback."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic_core import to_json
 
 from app.errors import Refusal
+from app.protocols.base import Route
 from app.protocols.json.messages import ClientMessage, epoch_timestamp, parse_client_message
 from app.rooms.events import RoomEvent
 
@@ -17,6 +18,10 @@ class JsonCodec:
 
     name = "json"
     binary = False
+    acknowledges = True
+    paced = False
+    document_id = None
+    keepalive = None
 
     def __init__(self) -> None:
         # b'{"type":"cursor_update","payload":' for each type seen: a handful of entries.
@@ -26,6 +31,11 @@ class JsonCodec:
         if text is None:
             raise Refusal("unsupported_frame", "binary frames are not supported: send JSON text")
         return parse_client_message(text)
+
+    def closes_for(self, refusal: Refusal) -> None:
+        # Every refusal reaches the client as an `error` message, and a refused update was
+        # applied nowhere: the client knows, and keeps it or drops it.
+        return None
 
     def encode(self, event: RoomEvent) -> bytes:
         # Assembled from parts, not serialised: the payload is JSON already, and the author's
@@ -45,3 +55,13 @@ class JsonCodec:
                 event.author.json_tail,
             )
         )
+
+
+class JsonRoutes:
+    """`/ws/{project_id}`: the rest of the path is the project."""
+
+    def __init__(self, codec: JsonCodec) -> None:
+        self._codec = codec
+
+    def __call__(self, path: str) -> Route:
+        return Route(path, self._codec)

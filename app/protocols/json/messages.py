@@ -57,7 +57,14 @@ SERVER_ONLY_TYPES = frozenset(
 SYNC_TYPES = frozenset({"yjs_sync_step1", "yjs_sync_step2"})
 # Handled by the server's documents (app/documents), not relayed as they come.
 DOCUMENT_TYPES = frozenset(
-    {"yjs_sync_step1", "yjs_sync_step2", "yjs_update", "yjs_update_part", "yjs_awareness"}
+    {
+        "yjs_sync_step1",
+        "yjs_sync_step2",
+        "yjs_update",
+        "yjs_update_part",
+        "yjs_awareness",
+        "yjs_query_awareness",
+    }
 )
 MAX_ERROR_DETAILS = 10
 
@@ -328,6 +335,22 @@ ClientMessage = Annotated[
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE = TypeAdapter[ClientMessage](ClientMessage)
+
+
+class YjsDocumentPayload(_Payload):
+    document_id: DocumentId
+
+
+class YjsQueryAwareness(_ClientMessage):
+    """y-protocols' query-awareness: every awareness state of the document, please. Only the
+    binary protocol has it; a JSON client gets the states with its sync step."""
+
+    type: Literal["yjs_query_awareness"]
+    payload: YjsDocumentPayload
+
+
+# What a codec may decode a frame into: the JSON protocol's messages and the binary one's own.
+InboundMessage = ClientMessage | YjsQueryAwareness
 
 
 # Server-originated payloads. The hot path builds these as dicts; the models document them.

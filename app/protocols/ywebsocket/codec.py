@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import weakref
 from typing import Any
 
 from pydantic_core import from_json
 
-from app.errors import Refusal
+from app.errors import CloseCode, Refusal
+from app.protocols.base import Route
 from app.protocols.json.messages import (
     MAX_DOCUMENT_ID,
-    ClientMessage,
+    InboundMessage,
     YjsAwareness,
     YjsAwarenessPayload,
+    YjsDocumentPayload,
+    YjsQueryAwareness,
     YjsSyncStep1,
     YjsSyncStep1Payload,
     YjsSyncStep2,
@@ -31,20 +34,12 @@ from app.protocols.ywebsocket.frames import (
     SyncUpdate,
     read_frame,
     write_awareness,
+    write_permission_denied,
     write_sync_step1,
     write_sync_step2,
     write_sync_update,
 )
 from app.rooms.events import RoomEvent
-
-
-@dataclass(frozen=True, slots=True)
-class YjsQueryAwareness:
-    """A client asks for every awareness state of the document; the JSON protocol has no
-    such message, so it has no model in messages.py."""
-
-    document_id: str
-
 
 # Event type -> (payload key holding the bytes, frame writer).
 _WRITERS = {
@@ -54,12 +49,36 @@ _WRITERS = {
     "yjs_awareness": ("update", write_awareness),
 }
 
+# `error` codes that mean the token no longer grants the document: y-protocols' auth message
+# says so (the stock provider logs the reason) before the close that follows them.
+_ACCESS_ENDED = frozenset({"access_revoked", "token_expired", "forbidden", "unauthorized"})
+
+# Refusals of content the provider already holds as shared: the protocol has no error message,
+# so the connection is closed, and the provider's reconnect offers it again in its sync step.
+_CLOSES = {
+    "invalid_update": (CloseCode.INVALID_DATA, "invalid update"),
+    "document_too_large": (CloseCode.MESSAGE_TOO_BIG, "document too large"),
+    "document_deleted": (CloseCode.DOCUMENT_DELETED, "document deleted"),
+    "document_unavailable": (CloseCode.TRY_AGAIN_LATER, "document unavailable"),
+    "store_unavailable": (CloseCode.TRY_AGAIN_LATER, "store unavailable"),
+    "too_many_documents": (CloseCode.POLICY_VIOLATION, "too many documents"),
+    "internal_error": (CloseCode.INTERNAL_ERROR, "update not processed"),
+}
+# An empty awareness update (no states): the provider reads it as a message and changes
+# nothing, which is all its 30 s timeout needs.
+KEEPALIVE = write_awareness(b"\x00")
+
 
 class YWebsocketCodec:
-    """One connection's document, named by the path: frames carry no document id."""
+    """The protocol of one document, named by the path: frames carry no document id. One
+    instance per document (`YWebsocketCodecs`), so a broadcast is encoded once for every
+    provider of the document."""
 
     name = "ywebsocket"
     binary = True
+    acknowledges = False
+    paced = True
+    keepalive = KEEPALIVE
 
     def __init__(self, document_id: str) -> None:
         # The models below are built without validation, so the one field not from the frame
@@ -68,12 +87,15 @@ class YWebsocketCodec:
             raise ValueError(f"expected a document id of 1 to {MAX_DOCUMENT_ID} characters")
         self.document_id = document_id
 
-    def decode(self, text: str | None, data: bytes | None) -> ClientMessage | YjsQueryAwareness:
+    def decode(self, text: str | None, data: bytes | None) -> InboundMessage:
         if data is None:
             raise Refusal("unsupported_frame", "text frames are not supported: send binary")
         frame = read_frame(data)
         if isinstance(frame, QueryAwareness):
-            return YjsQueryAwareness(self.document_id)
+            return YjsQueryAwareness(
+                type="yjs_query_awareness",
+                payload=YjsDocumentPayload.model_construct(document_id=self.document_id),
+            )
         if isinstance(frame, PermissionDenied):
             raise Refusal("invalid_frame", "expected a sync or awareness message, got auth")
         # The JSON protocol refuses empty bytes (YjsBytes); the same holds here so that
@@ -105,9 +127,14 @@ class YWebsocketCodec:
             payload=YjsAwarenessPayload.model_construct(document_id=doc, update=payload),
         )
 
+    def closes_for(self, refusal: Refusal) -> tuple[int, str] | None:
+        return _CLOSES.get(refusal.code)
+
     def encode(self, event: RoomEvent) -> bytes | None:
         writer = _WRITERS.get(event.type)
         if writer is None:
+            if event.type == "error":
+                return _access_ended(event.payload)
             # Presence, cursors, acks, errors...: y-protocols has no form for them.
             return None
         key, write = writer
@@ -118,6 +145,43 @@ class YWebsocketCodec:
         if raw is None:
             return None
         return write(raw)
+
+
+def _access_ended(data: bytes) -> bytes | None:
+    payload = _payload(data)
+    if payload is None or payload.get("code") not in _ACCESS_ENDED:
+        return None
+    return write_permission_denied(f"{payload['code']}: {payload.get('message', '')}")
+
+
+def permission_denied(refusal: Refusal) -> bytes:
+    """y-protocols' auth message for a refused upgrade: the stock provider logs the reason."""
+    return write_permission_denied(f"{refusal.code}: {refusal.message}")
+
+
+class YWebsocketRoutes:
+    """`/yjs/{project_id}/{document_id}`, as `new WebsocketProvider(url + '/yjs/' + project,
+    document, doc)` opens it: everything after the project, already percent-decoded by the
+    server, is the document id (file paths hold `/`). Each document's codec is shared by its
+    connections and goes with the last of them."""
+
+    def __init__(self) -> None:
+        self._codecs: weakref.WeakValueDictionary[str, YWebsocketCodec] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def __call__(self, path: str) -> Route:
+        project_id, _, document_id = path.partition("/")
+        if not 1 <= len(document_id) <= MAX_DOCUMENT_ID:
+            raise Refusal(
+                "invalid_document_id",
+                f"expected /yjs/{{project_id}}/{{document_id}} with a document id of 1 to "
+                f"{MAX_DOCUMENT_ID} characters",
+            )
+        codec = self._codecs.get(document_id)
+        if codec is None:
+            codec = self._codecs[document_id] = YWebsocketCodec(document_id)
+        return Route(project_id, codec, document_id)
 
 
 def _payload(data: bytes) -> dict[str, Any] | None:

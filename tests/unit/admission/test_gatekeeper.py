@@ -11,6 +11,7 @@ from app.admission.gatekeeper import Gatekeeper, Ticket, credentials
 from app.admission.limits import ConnectionLimiter
 from app.admission.origins import OriginPolicy
 from app.admission.proxies import ClientAddressResolver
+from app.admission.revocations import Revocations
 from app.broadcaster import MemoryBroadcaster
 from app.errors import Refusal
 from app.metrics import Metrics
@@ -54,7 +55,14 @@ def gatekeeper(metrics: Metrics, limiter: ConnectionLimiter, registry: RoomRegis
     auth = AuthService(hs256_secret=SECRET, rs256_public_key=None, leeway=10)
     users = ConnectionLimiter(limit=1000)
     return Gatekeeper(
-        auth, OriginPolicy(()), limiter, users, ClientAddressResolver(()), metrics, registry
+        auth,
+        OriginPolicy(()),
+        limiter,
+        users,
+        ClientAddressResolver(()),
+        metrics,
+        registry,
+        Revocations(3600),
     )
 
 
@@ -101,7 +109,9 @@ def rejection(
 
 
 def rejected(metrics: Metrics, code: str) -> float:
-    value = metrics.registry.get_sample_value("websocket_rejected_upgrades_total", {"code": code})
+    value = metrics.registry.get_sample_value(
+        "websocket_rejected_upgrades_total", {"code": code, "protocol": "json"}
+    )
     return value or 0.0
 
 
@@ -381,7 +391,14 @@ def test_per_user_cap_refuses_with_429_and_frees_the_ip_slot(
     auth = AuthService(hs256_secret=SECRET, rs256_public_key=None, leeway=10)
     ips, users = ConnectionLimiter(limit=100), ConnectionLimiter(limit=2)
     keeper = Gatekeeper(
-        auth, OriginPolicy(()), ips, users, ClientAddressResolver(()), metrics, registry
+        auth,
+        OriginPolicy(()),
+        ips,
+        users,
+        ClientAddressResolver(()),
+        metrics,
+        registry,
+        Revocations(3600),
     )
     first = admit(keeper)
     admit(keeper)
@@ -407,6 +424,7 @@ def test_forwarded_address_counts_only_behind_a_trusted_proxy(
         ClientAddressResolver(["10.0.0.0/8"]),
         metrics,
         registry,
+        Revocations(3600),
     )
     forwarded = {**headers(), "x-forwarded-for": "198.51.100.7"}
     assert (

@@ -8,7 +8,7 @@ from app.errors import Refusal
 from app.fanout.broadcast import broadcast
 from app.fanout.connection import BacklogLimits, Connection
 from app.protocols.json.codec import JsonCodec
-from app.protocols.json.messages import ClientMessage
+from app.protocols.json.messages import InboundMessage
 from app.rooms.events import Author, RoomEvent
 from app.socket.frames import data_frame
 from tests.unit.fakes import FakeTransport, RecordingObserver
@@ -21,13 +21,20 @@ class CountingCodec:
 
     name = "counting"
     binary = True
+    acknowledges = True
+    paced = False
+    keepalive = None
+    document_id = None
 
     def __init__(self, speaks: frozenset[str] = frozenset({"cursor_update"})) -> None:
         self.encoded = 0
         self.speaks = speaks
 
-    def decode(self, text: str | None, data: bytes | None) -> ClientMessage:
+    def decode(self, text: str | None, data: bytes | None) -> InboundMessage:
         raise Refusal("unsupported_frame", "expected nothing")
+
+    def closes_for(self, refusal: Refusal) -> None:
+        return None
 
     def encode(self, event: RoomEvent) -> bytes | None:
         if event.type not in self.speaks:

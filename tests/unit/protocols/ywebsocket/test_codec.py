@@ -16,12 +16,13 @@ from app.errors import Refusal
 from app.protocols.json.messages import (
     MAX_DOCUMENT_ID,
     YjsAwareness,
+    YjsQueryAwareness,
     YjsSyncStep1,
     YjsSyncStep2,
     YjsUpdate,
     parse_client_message,
 )
-from app.protocols.ywebsocket.codec import YjsQueryAwareness, YWebsocketCodec
+from app.protocols.ywebsocket.codec import YWebsocketCodec
 from app.protocols.ywebsocket.frames import (
     write_awareness,
     write_permission_denied,
@@ -99,7 +100,9 @@ def test_decode_of_pycrdt_frames_carries_their_bytes() -> None:
 
 
 def test_query_awareness_decodes_to_the_marker_for_the_document() -> None:
-    assert YWebsocketCodec(DOC).decode(None, b"\x03") == YjsQueryAwareness(DOC)
+    decoded = YWebsocketCodec(DOC).decode(None, b"\x03")
+    assert isinstance(decoded, YjsQueryAwareness)
+    assert decoded.payload.document_id == DOC
 
 
 def test_text_frames_are_refused() -> None:
