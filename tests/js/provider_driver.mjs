@@ -85,9 +85,12 @@ function frameKind(bytes) {
 
 // One provider with its own Y.Doc, and what it saw. `announce`: set an awareness state (a
 // provider without one sends nothing by itself, so only the server can keep it alive).
+const records = [];
+
 function join(name, { announce = true } = {}) {
   const { server, token } = config.providers[name];
-  const record = { name, sockets: [], statuses: [], syncs: [], socket: null };
+  const record = { name, sockets: [], statuses: [], syncs: [] };
+  records.push(record);
 
   class RecordingWebSocket extends WebSocket {
     constructor(url, protocols) {
@@ -333,6 +336,11 @@ try {
   // Exit once written: a pipe takes a large report in several writes.
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
 } catch (error) {
-  process.stderr.write(`${error.stack ?? error}\n`);
+  // Where every provider stood, to tell a server's fault from the driver's.
+  const state = records.map((record) => {
+    const { text, ...rest } = report(record);
+    return { ...rest, lines: text.length > 4096 ? '(long)' : text.split('\n').filter(Boolean) };
+  });
+  process.stderr.write(`${error.stack ?? error}\nproviders: ${JSON.stringify(state)}\n`);
   process.exit(1);
 }
