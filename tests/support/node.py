@@ -1,8 +1,5 @@
-"""Node.js for the tests that run JavaScript: the tools, and tests/js/package.json's packages
-installed by the test run itself into tests/.node/ (git-ignored), at exactly those versions.
-
-Node and npm are required, never skipped: `.ci/run` installs them.
-"""
+"""Node.js for the tests that run JavaScript (never skipped: `.ci/run` installs it), with
+tests/js/package.json's packages installed once into git-ignored tests/.node/ at those versions."""
 
 from __future__ import annotations
 
