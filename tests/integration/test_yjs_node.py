@@ -2,17 +2,13 @@
 
 Each test runs one scenario of tests/js/yjs_driver.mjs against a real server that stores its
 documents in SQLite, then checks the driver's report and the stored document itself. Node and
-npm are required (never skipped): `.ci/run` installs them. The npm packages are installed once
-into tests/.node/ (git-ignored), at the exact versions of tests/js/package.json.
+npm are required (never skipped); tests/support/node.py installs the npm packages.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -22,19 +18,17 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Text
 
+from tests.support.node import bundle, node
 from tests.support.server import ROOT, ServerProcess, running_server
 
 CLIENT = ROOT / "docs" / "clients" / "texflow-yjs.mjs"
 DRIVER = ROOT / "tests" / "js" / "yjs_driver.mjs"
-PACKAGE = ROOT / "tests" / "js" / "package.json"
-NODE_CACHE = ROOT / "tests" / ".node"
 DOCUMENT_ID = "main.tex"
 # The server's DOCUMENT_TEXT_NAME (its default): the Y.Text the server reads as the text.
 TEXT_NAME = "content"
 # Guards against a hung run, not synchronisation: the driver waits for conditions.
 WAIT_MS = 30_000
 RUN_TIMEOUT = 120.0
-INSTALL_TIMEOUT = 600.0
 SEED = 20260301
 MIB = 1024 * 1024
 MAX_MESSAGE_SIZE = 512 * 1024
@@ -42,71 +36,11 @@ TOKEN_TTL = 4.0
 AWARENESS_WAIT_MS = 3_000
 
 
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed: this test runs the JavaScript client of docs/yjs.md "
-            "under Node. Install Node.js 18+ and npm (Debian: `apt-get install nodejs npm`); "
-            ".ci/run does so itself.",
-            pytrace=False,
-        )
-    return found
-
-
-def installed_modules(npm: str) -> Path:
-    """node_modules for tests/js/package.json, installed once per version of that file."""
-    spec = PACKAGE.read_bytes()
-    target = NODE_CACHE / hashlib.sha256(spec).hexdigest()[:16]
-    NODE_CACHE.mkdir(exist_ok=True)
-    # Two test runs at once (two terminals) must not install into one folder together.
-    with (NODE_CACHE / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / ".installed").exists():
-            # Installs for older versions of package.json are not used again.
-            for folder in NODE_CACHE.iterdir():
-                if folder.is_dir():
-                    shutil.rmtree(folder, ignore_errors=True)
-            target.mkdir()
-            (target / "package.json").write_bytes(spec)
-            try:
-                done = subprocess.run(
-                    [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
-                    cwd=target,
-                    capture_output=True,
-                    text=True,
-                    timeout=INSTALL_TIMEOUT,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"npm install took more than {INSTALL_TIMEOUT:.0f}s", pytrace=False)
-            if done.returncode != 0:
-                pytest.fail(
-                    f"npm install failed ({done.returncode}):\n{done.stdout}\n{done.stderr}",
-                    pytrace=False,
-                )
-            (target / ".installed").touch()
-    return target / "node_modules"
-
-
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the client and the driver beside node_modules, as a web app would
-    bundle them: Node resolves `import 'yjs'` from the importing file's own folder upwards."""
-    node = tool("node")
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < 18:
-        pytest.fail(
-            f"Node.js 18+ is required (for global btoa/atob), found {version}", pytrace=False
-        )
-    modules = installed_modules(tool("npm"))
-    folder = tmp_path_factory.mktemp("node-client")
-    shutil.copy(CLIENT, folder / CLIENT.name)
-    shutil.copy(DRIVER, folder / DRIVER.name)
-    (folder / "node_modules").symlink_to(modules, target_is_directory=True)
-    return folder
+    """The client and the driver beside node_modules."""
+    node()
+    return bundle(tmp_path_factory.mktemp("node-client"), CLIENT, DRIVER)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +89,7 @@ def run(
         **options,
     }
     done = subprocess.run(
-        [tool("node"), str(scripts / DRIVER.name), json.dumps(config)],
+        [node(), str(scripts / DRIVER.name), json.dumps(config)],
         cwd=scripts,
         capture_output=True,
         text=True,
