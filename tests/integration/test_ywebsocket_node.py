@@ -288,12 +288,9 @@ async def test_providers_and_a_json_client_converge_across_instances(
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(providers)
+            # Nothing more from Jill's awareness: Bob's instance did not hold the document when
+            # she announced herself, and learns her state by asking the others as it loads it.
             await follow(jill, lambda: {"ann", "bob"} <= awareness_names(jill))
-            # A cursor move, relayed live. Bob's instance did not hold the document when Jill
-            # first announced herself, and an instance keeps only the awareness states of
-            # documents it holds: without a change of hers, Bob sees her only if Ann's provider
-            # happens to echo her entry after Bob's instance loaded the document.
-            await jill.set_awareness({"user": {"name": "jill"}, "cursor": 0})
             # Each round starts once everyone's previous one arrived, so every round's edits
             # cross each other in flight.
             for round_index in range(ROUNDS):
@@ -436,20 +433,27 @@ async def test_revoking_access_ends_a_providers_session_for_good(
     revoked = rex["sockets"][0]
     assert revoked["denied"], revoked
     assert revoked["denied"][0].startswith("access_revoked"), revoked["denied"]
-    assert revoked["close"] == 4003
+    # In 4400-4499, where y-websocket 3.1 stops reconnecting.
+    assert revoked["close"] == 4403
     # What y-websocket itself makes of it: a warning, and the status.
     assert after["warnings"], "no permission-denied warning"
     assert all("Permission denied to access" in warning for warning in after["warnings"])
     assert after["statuses"][0] == "disconnected", after["statuses"]
     assert True not in after["syncs"]
     assert not rex["synced"]
-    # One further connection in the window, refused and held open: not one every 100 ms.
-    (held,) = after["sockets"]
-    assert held["opened"], held
-    assert held["close"] is None, held
-    assert len(held["denied"]) == 1, held
-    assert held["denied"][0].startswith("access_revoked"), held["denied"]
-    assert not [kind for kind in held["received"] if kind.startswith("sync")], held["received"]
+    if major == "3":
+        # Stopped for good: not one connection more.
+        assert report["stopped"] is True
+        assert after["sockets"] == []
+    else:
+        # One further connection in the window, refused and held open: not one every 100 ms.
+        assert report["stopped"] is False
+        (held,) = after["sockets"]
+        assert held["opened"], held
+        assert held["close"] is None, held
+        assert len(held["denied"]) == 1, held
+        assert held["denied"][0].startswith("access_revoked"), held["denied"]
+        assert not [k for k in held["received"] if k.startswith("sync")], held["received"]
     # The edits made after the revocation are the provider's alone.
     assert {"rex-before", "rex-offline", "rex-held"} <= set(rex["text"].splitlines())
     stored = (await stored_text(store_dsn, project)).splitlines()
