@@ -6,4 +6,7 @@ from __future__ import annotations
 SERVICE, REFERENCE = "service", "reference"
 KINDS = (SERVICE, REFERENCE)
 YWEBSOCKET = "y-websocket"
+# The service on `/yjs/{project}/{document}`: the same process as SERVICE, spoken to in the
+# y-websocket server's binary protocol, so that both get byte-identical frames.
+SERVICE_YJS = "service-yjs"
 DOCUMENT_KINDS = (SERVICE, YWEBSOCKET)
