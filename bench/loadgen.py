@@ -5,7 +5,7 @@ bare `asyncio.Protocol`s: the opening handshake is written by hand, server frame
 are parsed with offsets into the received bytes, pings are answered with masked pongs, and
 text frames go to a shared `Sink` that counts them and, when asked, reads the send time the
 sender put in the message to record latencies (binary frames, which only the y-websocket
-server of scenario E sends, go to the sink's `binary`). The sender writes masked frames
+protocol of scenario E sends, go to the sink's `binary`). The sender writes masked frames
 (RFC 6455).
 
 Time is `time.perf_counter_ns()` (CLOCK_MONOTONIC on Linux, one clock for every process).
@@ -308,11 +308,14 @@ class Target:
     port: int
     ready_on_pong: bool
     token: Callable[[int], str] | None = None
+    # The service's y-websocket route, `/yjs/{room}/{document}`, instead of `/ws/{room}`.
+    document: str | None = None
 
     def path(self, room: str, index: int) -> str:
+        path = f"/ws/{room}" if self.document is None else f"/yjs/{room}/{self.document}"
         if self.token is None:
-            return f"/ws/{room}"
-        return f"/ws/{room}?token={self.token(index)}"
+            return path
+        return f"{path}?token={self.token(index)}"
 
 
 async def connect(

@@ -5,7 +5,9 @@ updates, sync answers and acknowledgements apart.
 y-websocket's messages (y-protocols): a varUint message type (0 sync, 1 awareness); for sync a
 varUint sub-type (0 step 1, 1 step 2, 2 update) and the payload as a varUint8Array. Every
 type here is below 128, so each varUint is one byte and a frame can be classified by its
-first two bytes.
+first two bytes. Both binary servers (the y-websocket server and the service on `/yjs/`)
+greet a connection with their own step 1; the service also sends every connection an empty
+awareness message (`KEEPALIVE`) every YJS_KEEPALIVE.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ _UPDATE_HEAD = b'{"type":"yjs_update"'
 _STEP2_HEAD = b'{"type":"yjs_sync_step2"'
 _ACK_HEAD = b'{"type":"yjs_ack"'
 _ERROR_HEAD = b'{"type":"error"'
+# The service's keep-alive on `/yjs/`: an awareness message with no states.
+KEEPALIVE = b"\x01\x01\x00"
 
 
 def b64(data: bytes) -> str:
@@ -133,6 +137,11 @@ class Typist:
         self.sent += 1
         return self._seed
 
+    def state_vector(self) -> bytes:
+        """The state vector after every frame prepared so far: a step 1 with it asks a server
+        that has them all for nothing, so its step 2 is a few bytes whatever the document."""
+        return self._doc.get_state()
+
     def _captured(self, event: TransactionEvent) -> None:
         self._made.append(event.update)
 
@@ -170,31 +179,58 @@ def document_update(size: int, seed: int) -> bytes:
 
 
 class DocSink(Sink):
-    """A Sink for Yjs traffic, shared by a room's receivers (or one sender's own):
-    `meter` counts relayed updates only (the service's `yjs_update`, y-websocket's sync
-    update), `steps` the sync step 2 answers, `acked` and `acks` the service's `yjs_ack`s
-    (with their arrival times, in order); every other frame only moves `meter.last_rx`, so
-    that `quiet` waits for it too. Errors are kept (the first few) to fail the run on."""
+    """A Sink for Yjs traffic, of one connection or shared by several:
+    `meter` counts relayed updates only (the service's `yjs_update`, a binary server's sync
+    update), `steps` the sync step 2 answers (with their arrival times in `answers`), `acked`
+    and `acks` the service's `yjs_ack`s (with their arrival times, in order). With `record`
+    set, the arrival time of every relayed update is kept in `arrivals`: a sink per receiver
+    then gives each update's latency by its rank, since every server relays one sender's
+    updates to each connection in order. A binary server's greeting (its step 1) and other
+    frames only move `meter.last_rx`, so that `quiet` waits for them too; the service's
+    keep-alive is only counted, in `keepalives` (a timer's, not an answer to anything
+    sent). Errors are kept (the first few) to fail the run on."""
 
-    __slots__ = ("acked", "acks", "errors", "others", "steps")
+    __slots__ = (
+        "acked",
+        "acks",
+        "answers",
+        "arrivals",
+        "errors",
+        "greetings",
+        "keepalives",
+        "others",
+        "steps",
+    )
 
-    def __init__(self, meter: Meter, recipients: int = 0) -> None:
+    def __init__(self, meter: Meter, recipients: int = 0, steps: Meter | None = None) -> None:
         super().__init__(meter, recipients)
-        self.steps = Meter()
+        # Shared by a room's per-receiver sinks, so that one wait covers them all.
+        self.steps = steps if steps is not None else Meter()
+        self.answers = array("q")
         self.acked = Meter()
         self.acks = array("q")
+        self.arrivals = array("q")
         self.errors: list[str] = []
+        self.greetings = 0
+        self.keepalives = 0
         self.others = 0
+
+    def reset(self, record: bool) -> None:
+        super().reset(record)
+        del self.arrivals[:]
 
     def text(self, data: bytes, start: int, end: int, now: int) -> None:
         if data.startswith(_UPDATE_HEAD, start, end):
             self.meter.hit(now)
+            if self.record:
+                self.arrivals.append(now)
             return
         self.meter.last_rx = now
         if data.startswith(_ACK_HEAD, start, end):
             self.acks.append(now)
             self.acked.hit(now)
         elif data.startswith(_STEP2_HEAD, start, end):
+            self.answers.append(now)
             self.steps.hit(now)
         else:
             if data.startswith(_ERROR_HEAD, start, end) and len(self.errors) < 5:
@@ -205,9 +241,17 @@ class DocSink(Sink):
         kind = data[start + 1] if end - start >= 2 and data[start] == 0 else -1
         if kind == 2:
             self.meter.hit(now)
+            if self.record:
+                self.arrivals.append(now)
+            return
+        if end - start == len(KEEPALIVE) and data.startswith(KEEPALIVE, start, end):
+            self.keepalives += 1
             return
         self.meter.last_rx = now
         if kind == 1:
+            self.answers.append(now)
             self.steps.hit(now)
+        elif kind == 0:
+            self.greetings += 1
         else:
             self.others += 1

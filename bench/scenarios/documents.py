@@ -1,7 +1,13 @@
 """E. Documents, every update applied by the server: `yjs_update` fan-out in a room of 100
 against the y-websocket server (`@y/websocket-server`, which applies every update to its
 Y.Doc too), the service's acknowledgement latency, memory per open document, and how long a
-late joiner takes to sync a 1 MiB document."""
+late joiner takes to sync a 1 MiB document.
+
+The service is measured twice: over its JSON protocol (`/ws/`, the baseline of earlier runs)
+and over the y-websocket protocol (`/yjs/`), where it gets byte for byte the frames the
+y-websocket server gets. On `/yjs/` a sender's update is relayed only once stored, and a
+step 1 is answered only once what came before it is stored: its delivery latency includes
+the store's commit, and "update, then step 1 -> step 2" is its acknowledgement."""
 
 from __future__ import annotations
 
@@ -13,18 +19,30 @@ import statistics
 import tempfile
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Doc, Text, read_message
+from pycrdt import Doc, Text, get_state, read_message
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from app.documents.store import DocumentKey, SqliteStore
 from bench.documents import fsync_latency
-from bench.kinds import DOCUMENT_KINDS, SERVICE, YWEBSOCKET
-from bench.loadgen import Client, Health, Meter, close_all, connect, now_ns, paced, quiet, settle
+from bench.kinds import BINARY_KINDS, DOCUMENT_KINDS, SERVICE, SERVICE_YJS, YWEBSOCKET
+from bench.loadgen import (
+    Client,
+    Health,
+    Meter,
+    Sink,
+    close_all,
+    connect,
+    now_ns,
+    paced,
+    quiet,
+    settle,
+)
 from bench.measure import Window, latency_ms
 from bench.scenarios.harness import (
     BenchError,
@@ -52,6 +70,7 @@ from bench.yjsload import (
     DOCUMENT_ID,
     EMPTY_STATE_VECTOR,
     TEXT_NAME,
+    BinaryWire,
     DocSink,
     Typist,
     Wire,
@@ -76,12 +95,13 @@ JOIN_TIMINGS = ("total_ms", "connect_ms", "step1_to_step2_ms", "decode_and_apply
 
 @dataclass
 class DocRoom(FanRoom):
-    """A FanRoom on one document: the receivers' frames go to `sink`, the sender types with
-    `typist` and its own frames (the service's acknowledgements) go to `own`."""
+    """A FanRoom on one document: each receiver's frames go to its own sink of `receivers`
+    (one meter for them all), the sender types with `typist` and its own frames (the
+    service's acknowledgements, the y-websocket server's echoes) go to `own`."""
 
     wire: Wire
     typist: Typist
-    sink: DocSink
+    receivers: list[DocSink]
     own: DocSink
     health: Health
 
@@ -98,10 +118,11 @@ async def open_doc_room(kind: str, server: Process, size: int, project: str) -> 
     the sender, whose paragraph (the typist's seed) every member has received."""
     recipients = size - 1
     wire = wire_for(kind)
-    meter, health = Meter(), Health()
-    sink = DocSink(meter, recipients)
+    meter, steps, health = Meter(), Meter(), Health()
+    # A sink per receiver, so that latency can pair each one's n-th update with the n-th sent.
+    receivers = [DocSink(meter, recipients, steps) for _ in range(recipients)]
     target = target_of(kind, server)
-    clients = await connect(target, [project] * recipients, [sink] * recipients, health)
+    clients = await connect(target, [project] * recipients, receivers, health)
     require(clients, recipients, health, f"E {kind} room {size}")
     own = DocSink(Meter())
     senders = await connect(target, [project], [own], health, first_index=recipients)
@@ -109,18 +130,19 @@ async def open_doc_room(kind: str, server: Process, size: int, project: str) -> 
     step1 = wire.step1(EMPTY_STATE_VECTOR)
     for client in [*clients, *senders]:
         client.send_frame(wire.opcode, step1)
-    synced = await sink.steps.reach(recipients, 60.0) and await own.steps.reach(1, 60.0)
+    synced = await steps.reach(recipients, 60.0) and await own.steps.reach(1, 60.0)
     if not synced:
-        raise BenchError(f"E {kind}: {sink.steps.received} of {recipients} sync answers")
+        raise BenchError(f"E {kind}: {steps.received} of {recipients} sync answers")
     typist = Typist(wire, ROOM_TYPIST)
     base = meter.received
     senders[0].send_frame(wire.opcode, typist.take_seed())
     if not await meter.reach(base + recipients, 30.0):
         raise BenchError(f"E {kind}: the paragraph reached {meter.received - base} members")
-    check([sink, own], health, f"E {kind} room {size}")
+    check([*receivers, own], health, f"E {kind} room {size}")
     processes: dict[str, Process] = {kind: server}
-    return DocRoom(kind, processes, meter, {"all": sink}, senders[0], recipients,
-                   [*clients, *senders], wire, typist, sink, own, health)  # fmt: skip
+    sinks: dict[str, Sink] = {str(index): sink for index, sink in enumerate(receivers)}
+    return DocRoom(kind, processes, meter, sinks, senders[0], recipients,
+                   [*clients, *senders], wire, typist, receivers, own, health)  # fmt: skip
 
 
 async def saturate_updates(room: FanRoom, plan: Plan, core: int | None) -> dict[str, Any]:
@@ -128,6 +150,55 @@ async def saturate_updates(room: FanRoom, plan: Plan, core: int | None) -> dict[
     assert isinstance(room, DocRoom)
     room.typist.prepare(saturation_messages(plan, room.recipients))
     return await saturate(room, plan, core, room.typist.next, room.wire.opcode, DOCUMENT_WINDOW)
+
+
+async def delivery_latency(
+    room: FanRoom, rate: float, seconds: float, core: int | None
+) -> dict[str, Any]:
+    """Delivery latency with the sender paced at `rate` updates per second: from each send to
+    its arrival at each receiver (per delivery) and at the last of them (whole room). Updates
+    carry no send time, so a receiver's n-th arrival is paired with the n-th send: every
+    server relays one sender's updates to each connection in order, and the room has one
+    sender. Only the ranks every receiver got are paired; `complete` says whether all came."""
+    assert isinstance(room, DocRoom)
+    meter, recipients, receivers, typist = room.meter, room.recipients, room.receivers, room.typist
+    # Ranks pair up only if nothing sent before is still on its way.
+    if not await settle(meter, typist.sent * recipients):
+        raise BenchError(
+            f"E {room.kind}: {typist.sent * recipients - meter.received} deliveries late"
+        )
+    count = int(max(rate * seconds, 100))
+    typist.prepare(count)
+    sent = array("q")
+
+    def message(seq: int, now: int) -> bytes:
+        sent.append(now)
+        return typist.next(seq, now)
+
+    for sink in receivers:
+        sink.reset(record=True)
+    base = meter.received
+    cpu = Window.open(room.processes, core)
+    achieved = await paced(room.sender, rate, count, message=message, opcode=room.wire.opcode)
+    complete = await settle(meter, base + count * recipients)
+    usage = cpu.close()
+    for sink in receivers:
+        sink.record = False
+    ranks = min(len(sink.arrivals) for sink in receivers)
+    whole = [max(sink.arrivals[rank] for sink in receivers) - sent[rank] for rank in range(ranks)]
+    return {
+        "rate_updates_per_s": round(rate, 1),
+        "achieved_updates_per_s": round(achieved, 1),
+        "updates": count,
+        "deliveries": meter.received - base,
+        "expected_deliveries": count * recipients,
+        "complete": complete,
+        "per_delivery_ms": latency_ms(
+            at - sent[rank] for sink in receivers for rank, at in enumerate(sink.arrivals[:ranks])
+        ),
+        "whole_room_ms": latency_ms(whole),
+        "cpu": usage,
+    }
 
 
 async def ack_latency(
@@ -175,42 +246,113 @@ async def ack_latency(
     }
 
 
-async def lone_client(server: Process, plan: Plan, core: int | None) -> list[dict[str, Any]]:
-    """A client alone in its project: sync step, its paragraph, then typing at `lone_rate`."""
-    wire = wire_for(SERVICE)
+@dataclass
+class Lone:
+    """A client alone in its project on `kind`, synced and its paragraph sent; `asked`
+    counts the step 1s it sent (on `/yjs/`, each answered once what came before is stored)."""
+
+    kind: str
+    client: Client
+    own: DocSink
+    typist: Typist
+    processes: dict[str, Process]
+    asked: int = 1
+
+
+async def open_lone(kind: str, server: Process) -> tuple[Lone, Health]:
+    """A client alone in its project: sync step, then its paragraph."""
+    wire = wire_for(kind)
     health = Health()
     own = DocSink(Meter())
-    clients = await connect(
-        target_of(SERVICE, server), ["docs-lone"], [own], health, first_index=500
-    )
-    require(clients, 1, health, "E lone client")
+    clients = await connect(target_of(kind, server), ["docs-lone"], [own], health, first_index=500)
+    require(clients, 1, health, f"E {kind} lone client")
+    clients[0].send_frame(wire.opcode, wire.step1(EMPTY_STATE_VECTOR))
+    if not await own.steps.reach(1, 30.0):
+        close_all(clients)
+        raise BenchError(f"E {kind} lone client: no sync answer")
+    typist = Typist(wire, LONE_TYPIST)
+    clients[0].send_frame(wire.opcode, typist.take_seed())
+    return Lone(kind, clients[0], own, typist, {kind: server}), health
+
+
+async def stored_latency(
+    lone: Lone, rate: float, seconds: float, core: int | None
+) -> dict[str, Any]:
+    """`/yjs/` has no acknowledgement; what a provider can wait for instead is the step 2 that
+    answers a step 1 sent after its edit, which the service sends only once the edit is stored
+    (docs/ywebsocket.md). Each update here is followed at once by a step 1, timed from the
+    update's send to that step 2, the client alone and paced at `rate`. The step 1 carries the
+    typist's state vector after every prepared update, so each answer is a few bytes."""
+    own, typist, client = lone.own, lone.typist, lone.client
+    if not await own.steps.reach(lone.asked, 30.0):
+        raise BenchError(f"E {lone.kind}: {lone.asked - own.steps.received} step 1s unanswered")
+    count = int(max(rate * seconds, 100))
+    typist.prepare(count)
+    step1 = BinaryWire().step1(typist.state_vector())
+    sent = array("q")
+
+    def message(seq: int, now: int) -> bytes:
+        # `paced` sends one frame per tick: the update goes out here, and the step 1 it
+        # returns right after it.
+        sent.append(now)
+        client.send_frame(0x2, typist.next(seq, now))
+        return step1
+
+    first = len(own.answers)
+    cpu = Window.open(lone.processes, core)
+    achieved = await paced(client, rate, count, message=message, opcode=0x2)
+    lone.asked += count
+    answered = await own.steps.reach(lone.asked, 30.0)
+    usage = cpu.close()
+    arrivals = own.answers[first : first + count]
+    return {
+        "rate_updates_per_s": round(rate, 1),
+        "achieved_updates_per_s": round(achieved, 1),
+        "updates": count,
+        "answers": len(arrivals),
+        "complete": answered,
+        "stored_ms": latency_ms(a - s for a, s in zip(arrivals, sent, strict=False)),
+        "cpu": usage,
+    }
+
+
+async def lone_clients(
+    servers: dict[str, Process], plan: Plan, core: int | None
+) -> dict[str, list[dict[str, Any]]]:
+    """A client alone typing at `lone_rate` on the service, over JSON (send -> `yjs_ack`) and
+    over `/yjs/` (send -> step 2 of the step 1 after it), measured alternately."""
+    lones: list[Lone] = []
+    healths: list[Health] = []
     try:
-        clients[0].send_text(wire.step1(EMPTY_STATE_VECTOR))
-        if not await own.steps.reach(1, 30.0):
-            raise BenchError("E lone client: no sync answer")
-        typist = Typist(wire, LONE_TYPIST)
-        clients[0].send_text(typist.take_seed())
-        measure = functools.partial(
-            ack_latency,
-            clients[0],
-            own,
-            typist,
-            {SERVICE: server},
-            (Meter(), 0),
-            plan.lone_rate,
-            plan.lone_seconds,
-            core,
-        )
-        runs = [await quietly(plan, measure) for _ in range(plan.repeats)]
-        check([own], health, "E lone client")
+        for kind in (SERVICE, SERVICE_YJS):
+            lone, health = await open_lone(kind, servers[kind])
+            lones.append(lone)
+            healths.append(health)
+
+        def measure(lone: Lone) -> Callable[[], Awaitable[dict[str, Any]]]:
+            if lone.kind == SERVICE:
+                return functools.partial(
+                    ack_latency, lone.client, lone.own, lone.typist, lone.processes,
+                    (Meter(), 0), plan.lone_rate, plan.lone_seconds, core,
+                )  # fmt: skip
+            return functools.partial(stored_latency, lone, plan.lone_rate, plan.lone_seconds, core)
+
+        runs: dict[str, list[dict[str, Any]]] = {lone.kind: [] for lone in lones}
+        for repeat in range(plan.repeats):
+            for lone in lones if repeat % 2 == 0 else lones[::-1]:
+                runs[lone.kind].append(await quietly(plan, measure(lone)))
+        for lone, health in zip(lones, healths, strict=True):
+            check([lone.own], health, f"E {lone.kind} lone client")
         return runs
     finally:
-        close_all(clients)
+        close_all(lone.client for lone in lones)
 
 
 async def fan_out(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
-    """Both servers up at once with a room each, measured alternately as in B; then the
-    service's acknowledgements at half its saturated rate and for a lone client."""
+    """Every kind up at once with a room each, measured alternately as in B: saturated, then
+    delivery latency at a typist's rate (`lone_rate`) and at half the slowest kind's saturated
+    rate, the same rates for every kind; then the service's acknowledgements (JSON) at half its
+    own saturated rate, and for a lone client (with `/yjs/`'s stored-answer latency)."""
     size = plan.document_room
     servers: dict[str, Process] = {}
     rooms: list[DocRoom] = []
@@ -226,8 +368,18 @@ async def fan_out(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
         # y-websocket server's three repetitions rose 154k -> 169k -> 192k deliveries/s).
         warmup = {room.kind: await saturate_updates(room, plan, core) for room in rooms}
         saturation = await alternate(rooms, plan, lambda r: saturate_updates(r, plan, core))
+        updates = {kind: summarize(runs, "messages_per_s") for kind, runs in saturation.items()}
+        # One rate for all, which saturates none of them: latencies at the same offered load.
+        common = min(updates.values()) / 2
+        typing = await alternate(
+            rooms, plan, lambda r: delivery_latency(r, plan.lone_rate, plan.lone_seconds, core)
+        )
+        loaded = await alternate(
+            rooms, plan, lambda r: delivery_latency(r, common, plan.half_load_seconds, core)
+        )
         ours = rooms[0]
-        rate = summarize(saturation[SERVICE], "messages_per_s") / 2
+        assert ours.kind == SERVICE
+        rate = updates[SERVICE] / 2
         half_load = functools.partial(
             ack_latency,
             ours.sender,
@@ -240,43 +392,73 @@ async def fan_out(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
             core,
         )
         half = [await quietly(plan, half_load) for _ in range(plan.repeats)]
-        lone = await lone_client(servers[SERVICE], plan, core)
+        lone = await lone_clients(servers, plan, core)
         for room in rooms:
-            check([room.sink, room.own], room.health, f"E {room.kind} room {size}")
-        result: dict[str, Any] = {"room_size": size, "recipients": size - 1}
-        for kind in DOCUMENT_KINDS:
+            check([*room.receivers, room.own], room.health, f"E {room.kind} room {size}")
+        result: dict[str, Any] = {
+            "room_size": size,
+            "recipients": size - 1,
+            "typing_updates_per_s": plan.lone_rate,
+            "loaded_updates_per_s": round(common, 1),
+        }
+        for room in rooms:
+            kind = room.kind
             result[kind] = {
                 "deliveries_per_s": summarize(saturation[kind], "deliveries_per_s"),
                 "deliveries_per_cpu_s": summarize(saturation[kind], "deliveries_per_cpu_s"),
                 "updates_per_s": summarize(saturation[kind], "messages_per_s"),
+                **{
+                    f"{load}_{key}_{q}": summarize(runs[kind], key, q)
+                    for load, runs in (("typing", typing), ("loaded", loaded))
+                    for key in ("per_delivery_ms", "whole_room_ms")
+                    for q in ("p50", "p99")
+                },
                 "saturation_runs": saturation[kind],
                 "warmup_run": warmup[kind],
+                "typing_runs": typing[kind],
+                "loaded_runs": loaded[kind],
+                "frames_not_counted": {
+                    "greetings": sum(sink.greetings for sink in room.receivers),
+                    "keepalives": sum(sink.keepalives for sink in room.receivers),
+                    "others": sum(sink.others for sink in room.receivers),
+                },
             }
+            r = result[kind]
             log(
-                f"E {kind:11} room {size}: {result[kind]['deliveries_per_s']:9,.0f} "
-                "deliveries/s (runs: "
+                f"E {kind:11} room {size}: {r['deliveries_per_s']:9,.0f} deliveries/s (runs: "
                 + ", ".join(
                     f"{run['deliveries_per_s']:,.0f} @ {run['cpu'].get(kind + '_cpu_pct')}% CPU"
                     for run in saturation[kind]
                 )
-                + ")"
+                + f"); delivery p50/p99 at {plan.lone_rate:g}/s {r['typing_per_delivery_ms_p50']}"
+                f"/{r['typing_per_delivery_ms_p99']} ms, at {common:,.0f}/s "
+                f"{r['loaded_per_delivery_ms_p50']}/{r['loaded_per_delivery_ms_p99']} ms"
             )
         result[SERVICE].update(
             {
                 "half_load_updates_per_s": round(rate, 1),
                 "half_load_ack_ms_p50": summarize(half, "ack_ms", "p50"),
                 "half_load_ack_ms_p99": summarize(half, "ack_ms", "p99"),
-                "lone_ack_ms_p50": summarize(lone, "ack_ms", "p50"),
-                "lone_ack_ms_p99": summarize(lone, "ack_ms", "p99"),
+                "lone_ack_ms_p50": summarize(lone[SERVICE], "ack_ms", "p50"),
+                "lone_ack_ms_p99": summarize(lone[SERVICE], "ack_ms", "p99"),
                 "half_load_runs": half,
-                "lone_runs": lone,
+                "lone_runs": lone[SERVICE],
             }
         )
-        s = result[SERVICE]
+        result[SERVICE_YJS].update(
+            {
+                "lone_stored_ms_p50": summarize(lone[SERVICE_YJS], "stored_ms", "p50"),
+                "lone_stored_ms_p99": summarize(lone[SERVICE_YJS], "stored_ms", "p99"),
+                "lone_runs": lone[SERVICE_YJS],
+            }
+        )
+        s, y = result[SERVICE], result[SERVICE_YJS]
         log(
             f"E service acks: at {rate:,.0f} updates/s in the room p50 "
             f"{s['half_load_ack_ms_p50']} p99 {s['half_load_ack_ms_p99']} ms; alone at "
-            f"{plan.lone_rate:g}/s p50 {s['lone_ack_ms_p50']} p99 {s['lone_ack_ms_p99']} ms"
+            f"{plan.lone_rate:g}/s p50 {s['lone_ack_ms_p50']} p99 {s['lone_ack_ms_p99']} ms; "
+            f"/yjs update -> step 2 alone p50 {y['lone_stored_ms_p50']} "
+            f"p99 {y['lone_stored_ms_p99']} ms"
         )
         return result
     finally:
@@ -342,16 +524,22 @@ async def memory_service(plan: Plan, pinning: Pinning, log: Log) -> dict[str, An
         close_all(clients)
 
 
-async def memory_peer(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
-    """The same documents on the y-websocket server, which keeps a Y.Doc for each URL as
-    long as it runs: each is opened by a connection that runs the sync step (answering the
-    server's step 1 with its content) and then closes. N connections opened and closed the
-    same way on one document first warm the heap up to that many connections' garbage."""
+async def memory_synced(kind: str, plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
+    """The same documents on a binary server, put there by the same frames on both: each is
+    opened by a connection that runs the sync step (answering the server's step 1 with its
+    content), sends a step 1 with the content's state vector, whose answer says the content
+    is applied (on the service: stored), and closes. The y-websocket server keeps a Y.Doc for
+    each URL as long as it runs; the service keeps a document for DOCUMENT_GRACE after its
+    last connection, lengthened here so that none goes before the reading. N connections
+    opened and closed the same way on one document first warm the heap up to that many
+    connections' garbage."""
     n = plan.document_count
-    server = await start(YWEBSOCKET, pinning, plan)
+    # The default grace (30 s) is near how long this takes on a busy machine.
+    env = {"DOCUMENT_GRACE": "10m"} if kind == SERVICE_YJS else None
+    server = await start(kind, pinning, plan, env)
     contents = [document_update(plan.document_bytes, seed=i) for i in range(n)]
     try:
-        target, wire = target_of(YWEBSOCKET, server), wire_for(YWEBSOCKET)
+        target, wire = target_of(kind, server), wire_for(kind)
         meter, health = Meter(), Health()
         sink = DocSink(meter)
         step1 = wire.step1(EMPTY_STATE_VECTOR)
@@ -359,14 +547,17 @@ async def memory_peer(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
         async def open_and_close(projects: list[str], updates: list[bytes]) -> None:
             base = sink.steps.received
             clients = await connect(target, projects, [sink] * len(projects), health)
-            require(clients, len(projects), health, f"E memory y-websocket N={n}")
+            require(clients, len(projects), health, f"E memory {kind} N={n}")
             for client, update in zip(clients, updates, strict=True):
                 client.send_frame(wire.opcode, step1)
                 client.send_frame(wire.opcode, wire.step2(update))
-            if not await sink.steps.reach(base + len(projects), 120.0):
-                raise BenchError("E memory y-websocket: sync answers missing")
-            # The server echoes an applied update to every connection of its document.
+                client.send_frame(wire.opcode, wire.step1(get_state(update)))
+            if not await sink.steps.reach(base + 2 * len(projects), 120.0):
+                raise BenchError(f"E memory {kind}: sync answers missing")
+            # The y-websocket server echoes an applied update to every connection of its
+            # document.
             await quiet(meter)
+            check([sink], health, f"E memory {kind}")
             close_all(clients)
 
         await open_and_close(["mem-warm"] * n, [contents[0]] * n)
@@ -375,7 +566,7 @@ async def memory_peer(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
         await open_and_close([f"mem-{i}" for i in range(n)], contents)
         await asyncio.sleep(2.0)
         after = server.rss_kib()
-        return memory_result(YWEBSOCKET, n, before, after, contents, log)
+        return memory_result(kind, n, before, after, contents, log)
     finally:
         server.stop()
 
@@ -399,8 +590,11 @@ def memory_result(
 
 
 def url(kind: str, server: Process, project: str, index: int) -> str:
-    path = f"ws://127.0.0.1:{server.port}/ws/{project}"
-    return f"{path}?token={token(index)}" if kind == SERVICE else path
+    if kind == YWEBSOCKET:
+        return f"ws://127.0.0.1:{server.port}/ws/{project}"
+    route = "ws" if kind == SERVICE else "yjs"
+    document = f"/{DOCUMENT_ID}" if kind == SERVICE_YJS else ""
+    return f"ws://127.0.0.1:{server.port}/{route}/{project}{document}?token={token(index)}"
 
 
 async def until(ws: ClientConnection, head: str | bytes) -> str | bytes:
@@ -415,11 +609,18 @@ async def until(ws: ClientConnection, head: str | bytes) -> str | bytes:
 
 async def upload(kind: str, ws: ClientConnection, update: bytes) -> None:
     """Put `update` on the server and return once it has it: the service in parts, then its
-    acknowledgement; y-websocket in one sync step 2, then the update's echo."""
+    acknowledgement; y-websocket in one sync step 2, then the update's echo; the service on
+    `/yjs/` in one sync step 2 too, then a step 1, answered once the update is stored (it
+    echoes nothing to the sender)."""
     wire = wire_for(kind)
-    if kind != SERVICE:
+    if kind == YWEBSOCKET:
         await ws.send(wire.step2(update))
         await until(ws, b"\x00\x02")
+        return
+    if kind == SERVICE_YJS:
+        await ws.send(wire.step2(update))
+        await ws.send(wire.step1(get_state(update)))
+        await until(ws, b"\x00\x01")
         return
     await until(ws, '{"type":"presence_state"')
     await ws.send(wire.step1(EMPTY_STATE_VECTOR).decode())
@@ -538,6 +739,137 @@ async def late_joiner(plan: Plan, pinning: Pinning, log: Log) -> dict[str, Any]:
             server.stop()
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One figure of E for each kind that has it (None where it has not), with the JSON
+    kind's metric name (the one earlier result files use) and the `/yjs/` kind's."""
+
+    metric: str
+    unit: str
+    values: dict[str, float | None]
+    yjs_metric: str = ""
+
+    @property
+    def yjs_ratio(self) -> float | None:
+        """The service on `/yjs/` against the y-websocket server: the same client bytes."""
+        ours, peer = self.values.get(SERVICE_YJS), self.values.get(YWEBSOCKET)
+        return ours / peer if ours is not None and peer else None
+
+
+def figures(
+    plan: Plan, fan: dict[str, Any], memory: dict[str, Any], late: dict[str, Any]
+) -> list[Figure]:
+    size = plan.document_room
+    room = f"room {size}"
+    typing = f"{room}, {plan.lone_rate:g} updates/s"
+    loaded = f"{room}, half the slowest kind's saturated rate"
+    megabytes = plan.late_document_bytes / (1 << 20)
+
+    def each(source: dict[str, Any], key: str) -> dict[str, float | None]:
+        return {kind: source[kind].get(key) for kind in DOCUMENT_KINDS}
+
+    found = [
+        Figure(
+            f"yjs_update deliveries/s, {room}, every update applied",
+            "1/s",
+            each(fan, "deliveries_per_s"),
+            f"/yjs: sync update deliveries/s, {room}, same client bytes",
+        ),
+        Figure(
+            f"yjs_update deliveries per server CPU-second, {room}",
+            "1/s",
+            each(fan, "deliveries_per_cpu_s"),
+            f"/yjs: deliveries per server CPU-second, {room}",
+        ),
+    ]
+    for label, prefix in ((typing, "typing"), (loaded, "loaded")):
+        for key, q in (("per_delivery", "p50"), ("per_delivery", "p99"), ("whole_room", "p99")):
+            what = f"{key.replace('_', '-')} latency {q}, {label}"
+            found.append(Figure(what, "ms", each(fan, f"{prefix}_{key}_ms_{q}"), f"/yjs: {what}"))
+    lone = f"lone client, {plan.lone_rate:g} updates/s"
+    for label, prefix in ((f"{room}, half load", "half_load"), (lone, "lone")):
+        for q in ("p50", "p99"):
+            ack = fan[SERVICE][f"{prefix}_ack_ms_{q}"]
+            found.append(Figure(f"yjs_ack latency {q}, {label}", "ms", {SERVICE: ack}))
+    for q in ("p50", "p99"):
+        found.append(
+            Figure(
+                "",
+                "ms",
+                {SERVICE_YJS: fan[SERVICE_YJS][f"lone_stored_ms_{q}"]},
+                f"/yjs: update -> step 2 of the step 1 after it (stored) {q}, {lone}",
+            )
+        )
+    found.append(
+        Figure(
+            f"RSS per open document, {plan.document_bytes:,} characters",
+            "KiB",
+            {kind: memory[kind]["per_document_kib"] for kind in DOCUMENT_KINDS},
+            f"/yjs: RSS per resident document, {plan.document_bytes:,} characters",
+        )
+    )
+    for label, key in (
+        ("connect + sync + apply", "total_ms_median"),
+        ("sync step 1 -> step 2", "step1_to_step2_ms_median"),
+    ):
+        what = f"late joiner, {megabytes:g} MiB document: {label}, median"
+        found.append(
+            Figure(what, "ms", {kind: late[kind][key] for kind in DOCUMENT_KINDS}, f"/yjs: {what}")
+        )
+    return found
+
+
+def rows_of(found: list[Figure], peer: str) -> list[Row]:
+    """The table's rows: each figure for the service over JSON against the y-websocket server
+    (the rows of earlier runs), and next to it for the service over `/yjs/` against it."""
+    rows = []
+    for figure in found:
+        ours, yjs, theirs = (figure.values.get(kind) for kind in DOCUMENT_KINDS)
+        if figure.metric:
+            rows.append(Row("E", figure.metric, figure.unit, ours, theirs))
+        if figure.yjs_metric:
+            note = "service column: the service on /yjs/, same client bytes as y-websocket"
+            rows.append(Row("E", figure.yjs_metric, figure.unit, yjs, theirs, note=note))
+    throughput = rows[0]
+    throughput.target = "≥ 1x y-websocket"
+    throughput.note = f"reference column: {peer}"
+    ratio = throughput.ratio
+    throughput.verdict = verdict(ratio is not None and ratio >= 1.0)
+    return rows
+
+
+def side_by_side(found: list[Figure]) -> list[dict[str, Any]]:
+    return [
+        {
+            "metric": figure.metric or figure.yjs_metric,
+            "unit": figure.unit,
+            **{kind: figure.values.get(kind) for kind in DOCUMENT_KINDS},
+            "ratio_service_yjs_to_y_websocket": (
+                None if figure.yjs_ratio is None else round(figure.yjs_ratio, 3)
+            ),
+        }
+        for figure in found
+    ]
+
+
+def show(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if unit == "1/s" else f"{value:,.3f}" if unit == "ms" else f"{value:.1f}"
+
+
+def log_side_by_side(found: list[Figure], log: Log) -> None:
+    """The three kinds in columns (the table below has two: service and reference)."""
+    width = max(len(figure.metric or figure.yjs_metric) for figure in found) + 6
+    head = f"{'/ws JSON':>10} {'/yjs':>10} {'y-websocket':>11} /yjs÷y-ws"
+    log(f"E side by side: {'metric':{width}} {head}")
+    for figure in found:
+        ours, yjs, theirs = (show(figure.values.get(kind), figure.unit) for kind in DOCUMENT_KINDS)
+        ratio = "" if figure.yjs_ratio is None else f"{figure.yjs_ratio:.2f}"
+        name = f"{figure.metric or figure.yjs_metric} ({figure.unit})"
+        log(f"E side by side: {name:{width}} {ours:>10} {yjs:>10} {theirs:>11} {ratio:>9}")
+
+
 async def scenario_e(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
     await asyncio.to_thread(install_peer)
     versions = peer_versions()
@@ -550,66 +882,20 @@ async def scenario_e(plan: Plan, pinning: Pinning, log: Log) -> Outcome:
     outcome.details["fsync_4kib_ms"] = {"p50": round(p50, 3), "p99": round(p99, 3)}
     log(f"E write + fsync of 4 KiB on the store's disk: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     fan = await fan_out(plan, pinning, log)
-    memory = {
-        SERVICE: await memory_service(plan, pinning, log),
-        YWEBSOCKET: await memory_peer(plan, pinning, log),
-    }
+    memory = {SERVICE: await memory_service(plan, pinning, log)}
+    for kind in BINARY_KINDS:
+        memory[kind] = await memory_synced(kind, plan, pinning, log)
     late = await late_joiner(plan, pinning, log)
-    outcome.details.update({"fan_out": fan, "memory": memory, "late_joiner": late})
-    s, y = fan[SERVICE], fan[YWEBSOCKET]
-    size = plan.document_room
+    found = figures(plan, fan, memory, late)
+    log_side_by_side(found, log)
+    outcome.details.update(
+        {
+            "fan_out": fan,
+            "memory": memory,
+            "late_joiner": late,
+            "side_by_side": side_by_side(found),
+        }
+    )
     peer = f"@y/websocket-server {versions.get('@y/websocket-server', '?')}"
-    throughput = Row(
-        "E",
-        f"yjs_update deliveries/s, room {size}, every update applied",
-        "1/s",
-        s["deliveries_per_s"],
-        y["deliveries_per_s"],
-        target="≥ 1x y-websocket",
-        note=f"reference column: {peer}",
-    )
-    ratio = throughput.ratio
-    throughput.verdict = verdict(ratio is not None and ratio >= 1.0)
-    rows = [
-        throughput,
-        Row(
-            "E",
-            f"yjs_update deliveries per server CPU-second, room {size}",
-            "1/s",
-            s["deliveries_per_cpu_s"],
-            y["deliveries_per_cpu_s"],
-        ),
-    ]
-    for label, prefix in (
-        (f"room {size}, half load", "half_load"),
-        (f"lone client, {plan.lone_rate:g} updates/s", "lone"),
-    ):
-        for q in ("p50", "p99"):
-            rows.append(
-                Row("E", f"yjs_ack latency {q}, {label}", "ms", s[f"{prefix}_ack_ms_{q}"], None)
-            )
-    rows.append(
-        Row(
-            "E",
-            f"RSS per open document, {plan.document_bytes:,} characters",
-            "KiB",
-            memory[SERVICE]["per_document_kib"],
-            memory[YWEBSOCKET]["per_document_kib"],
-        )
-    )
-    megabytes = plan.late_document_bytes / (1 << 20)
-    for label, key in (
-        ("connect + sync + apply", "total_ms_median"),
-        ("sync step 1 -> step 2", "step1_to_step2_ms_median"),
-    ):
-        rows.append(
-            Row(
-                "E",
-                f"late joiner, {megabytes:g} MiB document: {label}, median",
-                "ms",
-                late[SERVICE][key],
-                late[YWEBSOCKET][key],
-            )
-        )
-    outcome.rows.extend(rows)
+    outcome.rows.extend(rows_of(found, peer))
     return outcome

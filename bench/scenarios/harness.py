@@ -9,10 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.kinds import SERVICE, YWEBSOCKET
+from bench.kinds import SERVICE, SERVICE_YJS, YWEBSOCKET
 from bench.loadgen import Client, Health, Target
 from bench.servers import Pinning, Process, Reference, Service, YWebsocket
 from bench.tokens import token
+from bench.yjsload import DOCUMENT_ID
 
 Log = Callable[[str], None]
 
@@ -150,6 +151,10 @@ def verdict(ok: bool) -> str:
 def target_of(kind: str, server: Process) -> Target:
     if kind == SERVICE:
         return Target("127.0.0.1", server.port, ready_on_pong=False, token=token)
+    if kind == SERVICE_YJS:
+        # No text frame comes on `/yjs/` (its first frame is a binary sync step 1): the pong,
+        # as for the y-websocket server.
+        return Target("127.0.0.1", server.port, True, token=token, document=DOCUMENT_ID)
     return Target("127.0.0.1", server.port, ready_on_pong=True)
 
 
@@ -164,7 +169,7 @@ async def start(
     54 s / 60 s unless `ping` is given)."""
     interval, wait = ping or (54.0, 60.0)
     server: Process
-    if kind == SERVICE:
+    if kind in (SERVICE, SERVICE_YJS):
         server = service(pinning, plan, env, ping)
     elif kind == YWEBSOCKET:
         # Its heartbeat is fixed (30 s): no measurement here lasts long enough to see it.
