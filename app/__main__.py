@@ -55,7 +55,7 @@ def _serve(settings: Settings) -> None:
             f"  demo:    http://{host}:{settings.port}/demo (open it in two tabs)\n"
             f"  connect: ws://{host}:{settings.port}/ws/demo?token={token}\n"
             f"  y-websocket: new WebsocketProvider('ws://{host}:{settings.port}/yjs/demo', "
-            "'main.tex', doc, {params: {token}})\n"
+            "'main.tex', doc, {protocols: ['bearer', token]})\n"
             "  more tokens: make token USER=bob PROJECT=demo\n",
             file=sys.stderr,
             flush=True,
