@@ -8,8 +8,7 @@ import base64
 import random
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -22,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.support.clients import member, receive, send
 from tests.support.server import ServerProcess, running_server
 from tests.support.waiting import eventually
-from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, b64, yjs_client
+from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, b64, synced_client
 
 pytestmark = pytest.mark.anyio
 
@@ -37,18 +36,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield run
 
 
-@asynccontextmanager
-async def synced(url: str, name: str) -> AsyncIterator[YjsClient]:
-    """A client that has run the sync step with the server, and whose answer was stored."""
-    async with yjs_client(url, name) as client:
-        await client.sync_with_server()
-        await client.read_until(lambda: client.synced and client.answered_server and client.saved)
-        yield client
-
-
 async def text_on_server(url: str, name: str = "reader") -> str:
     """What a client that joins with nothing gets from the server alone."""
-    async with synced(url, name) as reader:
+    async with synced_client(url, name) as reader:
         return str(reader)
 
 
@@ -114,7 +104,7 @@ async def test_a_document_outlives_its_editors_an_unload_and_a_restart(tmp_path:
     env = store_env(tmp_path / "d.sqlite3")
     with running_server(env) as first:
         url = first.ws_url("alone", first.token("ann"))
-        async with synced(url, "ann") as ann:
+        async with synced_client(url, "ann") as ann:
             ann.text.insert(0, "written alone")
             await ann.flush()
             await ann.read_until(lambda: ann.saved)
@@ -134,9 +124,9 @@ async def test_every_acknowledged_update_survives_kill_9(tmp_path: Path) -> None
     clients: list[YjsClient] = []
     try:
         async with (
-            synced(url, "ann") as ann,
-            synced(url, "bob") as bob,
-            synced(url, "cat") as cat,
+            synced_client(url, "ann") as ann,
+            synced_client(url, "bob") as bob,
+            synced_client(url, "cat") as cat,
             anyio.create_task_group() as tasks,
         ):
             clients = [ann, bob, cat]
@@ -172,7 +162,7 @@ async def test_every_acknowledged_update_survives_kill_9(tmp_path: Path) -> None
     unacknowledged = sum(len(client.unacked) for client in clients)
     assert len(acknowledged) >= 300
     with running_server(env) as restarted:
-        async with synced(restarted.ws_url("typing", restarted.token("dan")), "dan") as dan:
+        async with synced_client(restarted.ws_url("typing", restarted.token("dan")), "dan") as dan:
             before = (str(dan), dan.doc.get_state())
             # Every acknowledged update is already in the restored document: applying them
             # all again changes neither the text nor the state.
@@ -189,16 +179,15 @@ async def test_a_mebibyte_reaches_every_peer_a_late_joiner_and_the_store(
     url = server.ws_url("big", server.token("ann"))
     rng = random.Random(7)
     big = "".join(rng.choice("abcdefghij \n") for _ in range(1024 * 1024))
-    async with synced(url, "ann") as ann, synced(url, "bob") as bob:
+    async with synced_client(url, "ann") as ann, synced_client(url, "bob") as bob:
         ann.text.insert(0, big)
-        (update,) = ann._outbox
-        ann._outbox.clear()
+        (update,) = ann.take_unsent()
         # Over MAX_MESSAGE_SIZE (512 KiB) in one message: sent in parts of 256 KiB.
         await send_in_parts(ann, update, 256 * 1024)
         await ann.read_until(lambda: ann.saved)
         await bob.read_until(lambda: len(bob.text) == len(big))
         assert str(bob) == big
-        async with synced(url, "cat") as cat:
+        async with synced_client(url, "cat") as cat:
             assert str(cat) == big
         # Nobody was disconnected: both still answer.
         await answers(ann)
@@ -216,7 +205,7 @@ async def test_bytes_that_are_not_an_update_are_refused_relayed_to_nobody(
     server: ServerProcess,
 ) -> None:
     url = server.ws_url("invalid", server.token("ann"))
-    async with synced(url, "ann") as ann, synced(url, "bob") as bob:
+    async with synced_client(url, "ann") as ann, synced_client(url, "bob") as bob:
         ann.text.insert(0, "kept")
         await ann.flush()
         await ann.read_until(lambda: ann.saved)
@@ -237,7 +226,7 @@ async def test_bytes_that_are_not_an_update_are_refused_relayed_to_nobody(
 async def test_updates_out_of_their_senders_order_lose_nothing(server: ServerProcess) -> None:
     final, updates = out_of_order_edits()
     url = server.ws_url("reordered", server.token("ann"))
-    async with synced(url, "ann") as ann:
+    async with synced_client(url, "ann") as ann:
         for index in (0, 2, 3, 1):
             await ann._send_update(updates[index], "edit")
         await ann.read_until(lambda: ann.saved)
@@ -273,7 +262,7 @@ async def test_a_stuck_store_delays_acknowledgements_and_loses_nothing(tmp_path:
     env = store_env(path)
     with running_server(env) as srv:
         url = srv.ws_url("stuck", srv.token("ann"))
-        async with synced(url, "ann") as ann, synced(url, "bob") as bob:
+        async with synced_client(url, "ann") as ann, synced_client(url, "bob") as bob:
             # Another process holds the database's write lock: every append fails.
             lock = sqlite3.connect(path, isolation_level=None)
             lock.execute("BEGIN EXCLUSIVE")
@@ -315,12 +304,12 @@ async def test_a_joiner_gets_every_awareness_state_and_a_leaver_is_removed(
     server: ServerProcess,
 ) -> None:
     url = server.ws_url("aware", server.token("ann"))
-    async with synced(url, "bob") as bob:
-        async with synced(url, "ann") as ann:
+    async with synced_client(url, "bob") as bob:
+        async with synced_client(url, "ann") as ann:
             sent = await ann.set_awareness({"user": "ann", "cursor": 4})
             await bob.read_until(lambda: len(bob.received_awareness) == 1)
             assert bob.received_awareness[0].data == sent
-            async with synced(url, "cat") as cat:
+            async with synced_client(url, "cat") as cat:
                 assert cat.awareness.states[ann.awareness.client_id] == {
                     "user": "ann",
                     "cursor": 4,
@@ -334,7 +323,11 @@ async def test_clients_editing_concurrently_through_the_server_converge(
 ) -> None:
     url = server.ws_url("converge", server.token("ann"))
     names = {"ann", "bob", "cat"}
-    async with synced(url, "ann") as ann, synced(url, "bob") as bob, synced(url, "cat") as cat:
+    async with (
+        synced_client(url, "ann") as ann,
+        synced_client(url, "bob") as bob,
+        synced_client(url, "cat") as cat,
+    ):
         clients = [ann, bob, cat]
         async with anyio.create_task_group() as tasks:
 
@@ -361,7 +354,7 @@ async def test_a_document_whose_stored_state_cannot_be_read_is_refused_and_kept(
     env = store_env(path)
     with running_server(env) as srv:
         url = srv.ws_url("corrupt", srv.token("ann"))
-        async with synced(url, "ann") as ann:
+        async with synced_client(url, "ann") as ann:
             ann.text.insert(0, "precious")
             await ann.flush()
             await ann.read_until(lambda: ann.saved)

@@ -25,7 +25,7 @@ from tests.support.postgres_server import PostgresServer, running_postgres
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess
 from tests.support.waiting import eventually
-from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, yjs_client
+from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, synced_client
 from tests.support.ywebsocket import provider, yjs_url
 
 pytestmark = pytest.mark.anyio
@@ -55,30 +55,19 @@ def documents_env(postgres: PostgresServer, **extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def synced(url: str, name: str, doc: Doc[Text] | None = None) -> AsyncIterator[YjsClient]:
-    async with yjs_client(url, name, doc=doc) as client:
-        await client.sync_with_server()
-        await client.read_until(lambda: client.synced and client.answered_server and client.saved)
-        try:
-            yield client
-        finally:
-            client.detach()
-
-
-@asynccontextmanager
 async def one_on_each(
     first: ServerProcess, second: ServerProcess
 ) -> AsyncIterator[tuple[YjsClient, YjsClient]]:
     """ann on the first instance and bob on the second, both synced, in project p."""
     async with (
-        synced(first.ws_url("p", first.token("ann")), "ann") as ann,
-        synced(second.ws_url("p", second.token("bob")), "bob") as bob,
+        synced_client(first.ws_url("p", first.token("ann")), "ann") as ann,
+        synced_client(second.ws_url("p", second.token("bob")), "bob") as bob,
     ):
         yield ann, bob
 
 
 async def text_on(server: ServerProcess, project: str) -> str:
-    async with synced(server.ws_url(project, server.token("reader")), "reader") as reader:
+    async with synced_client(server.ws_url(project, server.token("reader")), "reader") as reader:
         return str(reader)
 
 
@@ -141,7 +130,7 @@ async def test_clients_of_a_killed_instance_sync_elsewhere_and_lose_nothing(
         await redis_state(one, two, connected=True)
         doc: Doc[Text] = Doc()
         acknowledged: list[bytes] = []
-        async with synced(one.ws_url("p", one.token("ann")), "ann", doc) as ann:
+        async with synced_client(one.ws_url("p", one.token("ann")), "ann", doc=doc) as ann:
             rng = random.Random(3)
             async with anyio.create_task_group() as tasks:
 
@@ -169,9 +158,9 @@ async def test_clients_of_a_killed_instance_sync_elsewhere_and_lose_nothing(
             acknowledged = list(ann.acknowledged)
         # Back on the other instance with the same document: its sync step sends what the
         # killed one never stored.
-        async with synced(two.ws_url("p", two.token("ann")), "ann", doc) as again:
+        async with synced_client(two.ws_url("p", two.token("ann")), "ann", doc=doc) as again:
             typed = str(again)
-        async with synced(two.ws_url("p", two.token("cat")), "cat") as cat:
+        async with synced_client(two.ws_url("p", two.token("cat")), "cat") as cat:
             before = (str(cat), cat.doc.get_state())
             for update in acknowledged:
                 cat.apply_remote(update)
@@ -214,7 +203,7 @@ async def test_a_delete_on_one_instance_ends_the_document_on_every_instance(
 ) -> None:
     with cluster(redis, 2, **documents_env(postgres)) as (one, two):
         await redis_state(one, two, connected=True)
-        async with synced(two.ws_url("p", two.token("bob")), "bob") as bob:
+        async with synced_client(two.ws_url("p", two.token("bob")), "bob") as bob:
             await type_text(bob, "doomed")
             service = one.token("project-service", extra={"roles": ["service"]})
             async with httpx.AsyncClient(base_url=one.http_url) as http:
@@ -272,8 +261,8 @@ class Roamer:
             server = self.servers[index % len(self.servers)]
             index += 1
             try:
-                async with synced(
-                    server.ws_url("chaos", server.token(self.name)), self.name, self.doc
+                async with synced_client(
+                    server.ws_url("chaos", server.token(self.name)), self.name, doc=self.doc
                 ) as client:
                     self.connections += 1
                     await self._type(client)
@@ -300,8 +289,8 @@ class Roamer:
 
     async def settle(self, server: ServerProcess) -> str:
         """Connect once more, sync, and read until everything sent is acknowledged."""
-        async with synced(
-            server.ws_url("chaos", server.token(self.name)), self.name, self.doc
+        async with synced_client(
+            server.ws_url("chaos", server.token(self.name)), self.name, doc=self.doc
         ) as client:
             await client.flush()
             await client.read_until(lambda: client.saved)
@@ -358,7 +347,7 @@ async def _rounds(redis: RedisServer, postgres: PostgresServer, env: dict[str, s
         texts = {await roamer.settle(servers[0]) for roamer in roamers}
         assert len(texts) == 1
         (final,) = texts
-        async with synced(servers[1].ws_url("chaos", servers[1].token("dan")), "dan") as dan:
+        async with synced_client(servers[1].ws_url("chaos", servers[1].token("dan")), "dan") as dan:
             # Another instance's copy: complete once it has caught up with the store.
             await dan.read_until(lambda: str(dan) == final)
             state = dan.doc.get_state()
@@ -399,7 +388,7 @@ async def test_a_joiner_on_another_instance_sees_who_is_already_in_the_document(
     others for its states, so its joiners see everyone at once (not at the next renewal)."""
     with cluster(redis, 2, **documents_env(postgres)) as (one, two):
         await redis_state(one, two, connected=True)
-        async with synced(one.ws_url("aw", one.token("jill")), "jill") as jill:
+        async with synced_client(one.ws_url("aw", one.token("jill")), "jill") as jill:
             await jill.set_awareness({"user": {"name": "Jill"}})
             # Stored and announced before anyone is on the second instance, or in its room.
             address = yjs_url(two.port, "aw", DOCUMENT_ID, two.token("pat"))
@@ -410,7 +399,7 @@ async def test_a_joiner_on_another_instance_sees_who_is_already_in_the_document(
                     )
                 )
             # The JSON protocol's joiners too, once the document was unloaded there again.
-            async with synced(two.ws_url("aw", two.token("kim")), "kim") as kim:
+            async with synced_client(two.ws_url("aw", two.token("kim")), "kim") as kim:
                 await kim.read_until(
                     lambda: any(
                         s.get("user", {}).get("name") == "Jill"

@@ -21,7 +21,7 @@ from app.protocols.ywebsocket.frames import (
 from tests.support.clients import exchange, member, receive, send, upgrade_headers
 from tests.support.server import ServerProcess, running_server
 from tests.support.waiting import eventually
-from tests.support.yjs import yjs_client
+from tests.support.yjs import synced_client
 from tests.support.ywebsocket import provider, yjs_url
 
 pytestmark = pytest.mark.anyio
@@ -78,10 +78,8 @@ async def test_the_server_greets_with_its_step_1_and_answers_a_step_1_with_the_d
     server: ServerProcess,
 ) -> None:
     document_id = "chapters/intro.tex"
-    async with yjs_client(server.ws_url(PROJECT, server.token("bob")), "bob") as writer:
-        writer.document_id = document_id
-        await writer.sync_with_server()
-        await writer.read_until(lambda: writer.synced and writer.answered_server)
+    bob = server.ws_url(PROJECT, server.token("bob"))
+    async with synced_client(bob, "bob", document_id=document_id) as writer:
         writer.text.insert(0, "\\section{Intro}")
         await writer.flush()
         await writer.read_until(lambda: writer.saved)
@@ -98,10 +96,8 @@ async def test_the_server_greets_with_its_step_1_and_answers_a_step_1_with_the_d
 
 async def test_edits_and_awareness_cross_between_the_two_protocols(server: ServerProcess) -> None:
     document_id = "interop.tex"
-    async with yjs_client(server.ws_url(PROJECT, server.token("json-user")), "j") as writer:
-        writer.document_id = document_id
-        await writer.sync_with_server()
-        await writer.read_until(lambda: writer.synced and writer.answered_server)
+    json_user = server.ws_url(PROJECT, server.token("json-user"))
+    async with synced_client(json_user, "j", document_id=document_id) as writer:
         async with provider(url(server, document_id, "provider-user")) as client:
             # The provider's user joins the project's presence like any other.
             await writer.read_until(lambda: "provider-user" in writer.joined)
@@ -264,12 +260,11 @@ async def test_a_providers_edit_reaches_the_others_only_once_stored(tmp_path: Pa
     with running_server({"DOCUMENT_STORE": f"sqlite:///{path}"}) as srv:
         address = yjs_url(srv.port, PROJECT, "held.tex", srv.token("ada"))
         async with (
-            yjs_client(srv.ws_url(PROJECT, srv.token("watcher")), "w") as watcher,
+            synced_client(
+                srv.ws_url(PROJECT, srv.token("watcher")), "w", document_id="held.tex"
+            ) as watcher,
             provider(address) as client,
         ):
-            watcher.document_id = "held.tex"
-            await watcher.sync_with_server()
-            await watcher.read_until(lambda: watcher.synced and watcher.answered_server)
             # Another process holds the database's write lock: every append fails.
             lock = sqlite3.connect(path, isolation_level=None)
             lock.execute("BEGIN EXCLUSIVE")

@@ -11,8 +11,8 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from tests.support.node import bundle, node
 from tests.support.postgres_server import PostgresServer, running_postgres
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, ServerProcess
-from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, yjs_client
+from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, synced_client
 
 pytestmark = pytest.mark.anyio
 
@@ -190,18 +190,6 @@ def lone(
                     background.process.wait()
 
 
-@asynccontextmanager
-async def synced(url: str, name: str) -> AsyncIterator[YjsClient]:
-    """A JSON client that ran the server's sync step."""
-    async with yjs_client(url, name) as client:
-        await client.sync_with_server()
-        await client.read_until(lambda: client.synced and client.answered_server and client.saved)
-        try:
-            yield client
-        finally:
-            client.detach()
-
-
 async def stored_text(dsn: str, project: str, document_id: str = DOCUMENT_ID) -> str:
     """The document as the store holds it, read by nobody's copy."""
     key = DocumentKey(project, document_id)
@@ -266,7 +254,7 @@ async def test_providers_and_a_json_client_converge_across_instances(
     report: dict[str, Any] = {}
     # Jill is there first, with an awareness state: Ann, on her instance, gets it as she joins;
     # Jill sees both providers join.
-    async with synced(one.ws_url(project, one.token("jill")), "jill") as jill:
+    async with synced_client(one.ws_url(project, one.token("jill")), "jill") as jill:
         await jill.set_awareness({"user": {"name": "jill"}})
 
         async def providers() -> None:
@@ -408,7 +396,7 @@ async def test_revoking_access_ends_a_providers_session_for_good(
     one, two = servers
     await redis_state(one, two, connected=True)
     project = f"revoked-{major}"
-    async with synced(one.ws_url(project, one.token("jill")), "jill") as jill:
+    async with synced_client(one.ws_url(project, one.token("jill")), "jill") as jill:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(read_all, jill)
             # Revoked through the other instance: the provider's must learn it too.

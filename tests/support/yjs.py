@@ -74,6 +74,36 @@ class Received:
     data: bytes
 
 
+class LocalEdits:
+    """A Doc's local changes, in the order Yjs made them, waiting to be sent. Yjs emits an
+    update for every transaction, remote ones included; only local changes go out (in
+    y-websocket terms: `if (origin !== provider) send(update)`)."""
+
+    def __init__(self, doc: Doc[Text]) -> None:
+        self._doc = doc
+        self._applying_remote = False
+        self.pending: list[bytes] = []
+        self._subscription = doc.observe(self._on_update)
+
+    def _on_update(self, event: TransactionEvent) -> None:
+        if not self._applying_remote:
+            self.pending.append(event.update)
+
+    def apply_remote(self, update: bytes) -> None:
+        self._applying_remote = True
+        try:
+            self._doc.apply_update(update)
+        finally:
+            self._applying_remote = False
+
+    def take(self) -> bytes | None:
+        """The oldest change not sent yet, or None."""
+        return self.pending.pop(0) if self.pending else None
+
+    def detach(self) -> None:
+        self._doc.unobserve(self._subscription)
+
+
 class YjsClient:
     def __init__(
         self,
@@ -95,9 +125,7 @@ class YjsClient:
         self.doc: Doc[Text] = doc if doc is not None else Doc()
         self.text = self.doc.get(TEXT_NAME, type=Text)
         self.awareness = Awareness(self.doc)
-        self._applying_remote = False
-        self._outbox: list[bytes] = []
-        self._subscription = self.doc.observe(self._on_update)
+        self._edits = LocalEdits(self.doc)
         # What went out and came in, for the tests' assertions.
         self.sent_updates: list[bytes] = []
         self.sent_sync: list[bytes] = []
@@ -121,25 +149,20 @@ class YjsClient:
 
     def detach(self) -> None:
         """Stop following the doc (before another connection takes it over)."""
-        self.doc.unobserve(self._subscription)
+        self._edits.detach()
 
     # The document
 
     def __str__(self) -> str:
         return str(self.text)
 
-    def _on_update(self, event: TransactionEvent) -> None:
-        # Yjs emits an update for every transaction, remote ones included; only local changes
-        # go out (in y-websocket terms: `if (origin !== provider) send(update)`).
-        if not self._applying_remote:
-            self._outbox.append(event.update)
-
     def apply_remote(self, update: bytes) -> None:
-        self._applying_remote = True
-        try:
-            self.doc.apply_update(update)
-        finally:
-            self._applying_remote = False
+        self._edits.apply_remote(update)
+
+    def take_unsent(self) -> list[bytes]:
+        """The local changes not sent yet, which the caller sends its own way."""
+        unsent, self._edits.pending = self._edits.pending, []
+        return unsent
 
     def random_edit(self, rng: random.Random) -> None:
         """Insert a run of this client's letter, or delete a few characters, at random."""
@@ -156,8 +179,7 @@ class YjsClient:
 
     async def flush(self) -> None:
         """Send every local update, in the order Yjs produced them, as a yjs_update."""
-        while self._outbox:
-            update = self._outbox.pop(0)
+        while (update := self._edits.take()) is not None:
             self.sent_updates.append(update)
             await self._send_update(update, EDIT_ORIGIN)
 
@@ -347,10 +369,29 @@ class YjsClient:
 
 @asynccontextmanager
 async def yjs_client(
-    url: str, name: str, *, encoding: Encoding = "base64", doc: Doc[Text] | None = None
+    url: str,
+    name: str,
+    *,
+    encoding: Encoding = "base64",
+    doc: Doc[Text] | None = None,
+    document_id: str = DOCUMENT_ID,
 ) -> AsyncIterator[YjsClient]:
     async with member(url) as (ws, state):
-        yield YjsClient(name, ws, state, encoding=encoding, doc=doc)
+        yield YjsClient(name, ws, state, encoding=encoding, doc=doc, document_id=document_id)
+
+
+@asynccontextmanager
+async def synced_client(
+    url: str, name: str, *, doc: Doc[Text] | None = None, document_id: str = DOCUMENT_ID
+) -> AsyncIterator[YjsClient]:
+    """A client that ran the sync step with the server, and whose answer was stored."""
+    async with yjs_client(url, name, doc=doc, document_id=document_id) as client:
+        await client.sync_with_server()
+        await client.read_until(lambda: client.synced and client.answered_server and client.saved)
+        try:
+            yield client
+        finally:
+            client.detach()
 
 
 def _text_of(updates: list[bytes]) -> str:

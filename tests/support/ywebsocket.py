@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from pycrdt import Awareness, Doc, Text, TransactionEvent
+from pycrdt import Awareness, Doc, Text
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -32,7 +32,7 @@ from app.protocols.ywebsocket.frames import (
     write_sync_update,
 )
 from tests.support.clients import RECEIVE_TIMEOUT, open_ws
-from tests.support.yjs import TEXT_NAME
+from tests.support.yjs import TEXT_NAME, LocalEdits
 
 KEEPALIVE = write_awareness(b"\x00")
 
@@ -52,21 +52,7 @@ class YProvider:
         self.keepalives = 0
         self.denied: list[str] = []
         self.synced = False
-        self._outbox: list[bytes] = []
-        self._applying_remote = False
-        self._subscription = self.doc.observe(self._on_update)
-
-    def _on_update(self, event: TransactionEvent) -> None:
-        # Only local changes go out, as the provider's `origin !== provider` check does.
-        if not self._applying_remote:
-            self._outbox.append(event.update)
-
-    def apply_remote(self, update: bytes) -> None:
-        self._applying_remote = True
-        try:
-            self.doc.apply_update(update)
-        finally:
-            self._applying_remote = False
+        self._edits = LocalEdits(self.doc)
 
     async def open(self) -> None:
         """What the provider sends as its socket opens: step 1 and its awareness."""
@@ -82,8 +68,7 @@ class YProvider:
         await self.flush()
 
     async def flush(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        for update in outbox:
+        while (update := self._edits.take()) is not None:
             await self.ws.send(write_sync_update(update))
 
     async def sync(self) -> None:
@@ -106,10 +91,10 @@ class YProvider:
         if isinstance(frame, SyncStep1):
             await self.ws.send(write_sync_step2(self.doc.get_update(frame.state_vector)))
         elif isinstance(frame, SyncStep2):
-            self.apply_remote(frame.update)
+            self._edits.apply_remote(frame.update)
             self.synced = True
         elif isinstance(frame, SyncUpdate):
-            self.apply_remote(frame.update)
+            self._edits.apply_remote(frame.update)
         elif isinstance(frame, AwarenessUpdate):
             self.awareness.apply_awareness_update(frame.update, "remote")
         elif isinstance(frame, PermissionDenied):
