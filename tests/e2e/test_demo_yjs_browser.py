@@ -14,10 +14,8 @@ test_demo_browser.py.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,12 +25,12 @@ from pathlib import Path
 import anyio
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page, expect
-from pycrdt import Doc, Text
 
 from tests.support.browser import WAIT_MS, launched_chromium
 from tests.support.clients import member
 from tests.support.server import ROOT, ServerProcess, running_server
-from tests.support.yjs import TEXT_NAME, YjsClient
+from tests.support.stores import sqlite_text
+from tests.support.yjs import YjsClient
 
 BUILD_SCRIPT = ROOT / "config" / "build_demo.py"
 # A first build downloads the pinned packages; a later one reuses them and takes a second or two.
@@ -198,23 +196,6 @@ def json_client_reads_then_appends(server: ServerProcess) -> str:
     return in_a_thread(run)
 
 
-def stored_text(database: Path) -> str:
-    """The document as the store holds it: its snapshot, then its log, in one read."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            "SELECT id, snapshot FROM documents WHERE project_id = ? AND document_id = ?",
-            (PROJECT, DOCUMENT_ID),
-        ).fetchone()
-        assert row is not None, f"nothing stored for {PROJECT}/{DOCUMENT_ID}"
-        updates = db.execute(
-            "SELECT data FROM updates WHERE document = ? ORDER BY seq", (row[0],)
-        ).fetchall()
-    doc: Doc[Text] = Doc()
-    for (update,) in ([(row[1],)] if row[1] is not None else []) + updates:
-        doc.apply_update(update)
-    return str(doc.get(TEXT_NAME, type=Text))
-
-
 def test_two_people_typing_at_once_converge_everywhere(
     tabs: tuple[EditorTab, EditorTab], server: ServerProcess, database: Path
 ) -> None:
@@ -257,7 +238,7 @@ def test_two_people_typing_at_once_converge_everywhere(
     expect(a.text).to_have_value(final + JSON_EDIT)
     expect(b.text).to_have_value(final + JSON_EDIT)
     # Its edit was acknowledged, so stored, after everything the pages sent before it.
-    assert stored_text(database) == final + JSON_EDIT
+    assert sqlite_text(database, PROJECT, DOCUMENT_ID) == final + JSON_EDIT
 
     # Bob closes his tab: Alice sees him go.
     b.page.close()

@@ -7,19 +7,17 @@ npm are required (never skipped); tests/support/node.py installs the npm package
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pycrdt import Doc, Text
 
 from tests.support.node import bundle, node
 from tests.support.server import ROOT, ServerProcess, running_server
+from tests.support.stores import sqlite_text
 
 CLIENT = ROOT / "docs" / "clients" / "texflow-yjs.mjs"
 DRIVER = ROOT / "tests" / "js" / "yjs_driver.mjs"
@@ -106,23 +104,6 @@ def run(
     return report
 
 
-def stored_text(database: Path, project: str) -> str:
-    """The document as the store holds it: its snapshot, then its log, in one read."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            "SELECT id, snapshot FROM documents WHERE project_id = ? AND document_id = ?",
-            (project, DOCUMENT_ID),
-        ).fetchone()
-        assert row is not None, f"nothing stored for {project}/{DOCUMENT_ID}"
-        updates = db.execute(
-            "SELECT data FROM updates WHERE document = ? ORDER BY seq", (row[0],)
-        ).fetchall()
-    doc: Doc[Text] = Doc()
-    for (update,) in ([(row[1],)] if row[1] is not None else []) + updates:
-        doc.apply_update(update)
-    return str(doc.get(TEXT_NAME, type=Text))
-
-
 def assert_clean(client: dict[str, Any]) -> None:
     """Connected throughout, nothing refused, and every update sent acknowledged."""
     name = client["name"]
@@ -149,7 +130,7 @@ def test_three_editors_converge_with_the_server(
         assert writer["sent_types"]["yjs_sync_step2"] == 1, writer
         assert writer["sent_types"].get("yjs_update", 0) > 10, writer
     # Acknowledged means stored: the store holds exactly what every client shows.
-    assert stored_text(database, "node-concurrent") == text
+    assert sqlite_text(database, "node-concurrent") == text
 
 
 def test_editors_typing_past_the_rate_limit_stay_under_it(
@@ -175,7 +156,7 @@ def test_a_newcomer_gets_the_text_with_nobody_online(
     assert bob["text"] == alice["text"]
     # Alice's awareness entry left with her: Bob sees only himself.
     assert report["bob_sees"] == ["bob"]
-    assert stored_text(database, "node-alone") == alice["text"]
+    assert sqlite_text(database, "node-alone") == alice["text"]
 
 
 def test_a_large_paste_goes_in_parts_and_reaches_everyone(
@@ -193,7 +174,7 @@ def test_a_large_paste_goes_in_parts_and_reaches_everyone(
     assert alice["largest_sent"] <= MAX_MESSAGE_SIZE
     assert bob["largest_received"] > MIB
     assert carol["largest_received"] > MIB
-    assert stored_text(database, "node-paste") == alice["text"]
+    assert sqlite_text(database, "node-paste") == alice["text"]
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +200,7 @@ def test_a_dropped_connection_reconnects_and_syncs_both_ways(
     assert "shared " not in text
     # The server told Bob that Alice's awareness entry went with her connection.
     assert report["bob_saw_alice_removed"]
-    assert stored_text(database, "node-reconnect") == text
+    assert sqlite_text(database, "node-reconnect") == text
 
 
 def test_awareness_is_back_right_after_a_reconnect(reconnected: dict[str, Any]) -> None:
