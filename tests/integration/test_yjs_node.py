@@ -21,6 +21,7 @@ from tests.support.stores import sqlite_text
 
 CLIENT = ROOT / "docs" / "clients" / "texflow-yjs.mjs"
 DRIVER = ROOT / "tests" / "js" / "yjs_driver.mjs"
+WAITING = ROOT / "tests" / "js" / "waiting.mjs"
 DOCUMENT_ID = "main.tex"
 # The server's DOCUMENT_TEXT_NAME (its default): the Y.Text the server reads as the text.
 TEXT_NAME = "content"
@@ -38,7 +39,7 @@ AWARENESS_WAIT_MS = 3_000
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The client and the driver beside node_modules."""
     node()
-    return bundle(tmp_path_factory.mktemp("node-client"), CLIENT, DRIVER)
+    return bundle(tmp_path_factory.mktemp("node-client"), CLIENT, DRIVER, WAITING)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from tests.support.yjs import DOCUMENT_ID, TEXT_NAME, YjsClient, synced_client
 pytestmark = pytest.mark.anyio
 
 DRIVER = ROOT / "tests" / "js" / "provider_driver.mjs"
+WAITING = ROOT / "tests" / "js" / "waiting.mjs"
 # The npm aliases y-websocket-2 and y-websocket-3 of tests/js/package.json.
 MAJORS = ["2", "3"]
 # Guards against a hung run, not synchronisation: the driver waits for conditions.
@@ -53,9 +54,9 @@ LONE_WINDOW_MS = 60_000
 
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The driver beside node_modules."""
+    """The driver and its waiting module beside node_modules."""
     node()
-    return bundle(tmp_path_factory.mktemp("provider-driver"), DRIVER)
+    return bundle(tmp_path_factory.mktemp("provider-driver"), DRIVER, WAITING)
 
 
 @pytest.fixture(scope="module")

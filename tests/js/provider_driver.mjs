@@ -13,6 +13,7 @@ import * as encoding from 'lib0/encoding';
 import WebSocket from 'ws';
 import * as syncProtocol from 'y-protocols/sync';
 import * as Y from 'yjs';
+import { mulberry32, waiting, yieldToEvents } from './waiting.mjs';
 
 const config = JSON.parse(process.argv[2]);
 const { WebsocketProvider } = await import(`y-websocket-${config.major}`);
@@ -25,45 +26,11 @@ const SYNC_STEP2 = 1;
 const KINDS = { 0: 'sync', 1: 'awareness', 2: 'auth', 3: 'query_awareness' };
 const SYNC_KINDS = { 0: 'sync_step1', 1: 'sync_step2', 2: 'sync_update' };
 
-const waiters = new Set();
-
-function poke() {
-  for (const waiter of [...waiters]) {
-    if (waiter.check()) {
-      waiters.delete(waiter);
-      clearTimeout(waiter.timer);
-      waiter.resolve();
-    }
-  }
-}
-
-function until(what, check, ms = config.timeout_ms) {
-  return new Promise((resolve, reject) => {
-    if (check()) return resolve();
-    const waiter = { check, resolve };
-    waiter.timer = setTimeout(() => {
-      waiters.delete(waiter);
-      reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
-    }, ms);
-    waiters.add(waiter);
-  });
-}
+const { poke, until } = waiting(config.timeout_ms);
 
 // An observation window: nothing is awaited, the report says what happened meanwhile.
 const watch = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-// Lets the event loop deliver what arrived: edits interleave with remote updates in flight.
-const yieldToEvents = () => new Promise(setImmediate);
 
-function mulberry32(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = mulberry32(config.seed);
 
 // y-websocket reports a permission-denied auth message only this way.

@@ -6,46 +6,12 @@
 // Nothing sleeps: every wait re-checks its condition on each event and fails after timeout_ms.
 import WebSocket from 'ws';
 import * as Y from 'yjs';
+import { mulberry32, waiting, yieldToEvents } from './waiting.mjs';
 import { TexflowYjs } from './texflow-yjs.mjs';
 
 const config = JSON.parse(process.argv[2]);
-const waiters = new Set();
+const { poke, until } = waiting(config.timeout_ms);
 
-function poke() {
-  for (const waiter of [...waiters]) {
-    if (waiter.check()) {
-      waiters.delete(waiter);
-      clearTimeout(waiter.timer);
-      waiter.resolve();
-    }
-  }
-}
-
-function until(what, check, ms = config.timeout_ms) {
-  return new Promise((resolve, reject) => {
-    if (check()) return resolve();
-    const waiter = { check, resolve };
-    waiter.timer = setTimeout(() => {
-      waiters.delete(waiter);
-      reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
-    }, ms);
-    waiters.add(waiter);
-  });
-}
-
-// Lets the event loop deliver what arrived: edits interleave with remote updates in flight.
-const yieldToEvents = () => new Promise(setImmediate);
-
-function mulberry32(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = mulberry32(config.seed);
 const pick = (items) => items[Math.floor(random() * items.length)];
 // Non-ASCII letters too: the server counts UTF-8 bytes where Yjs counts UTF-16 units.
