@@ -52,7 +52,6 @@ class Editor:
         "_closed",
         "_connection",
         "_documents",
-        "_greeted",
         "_service",
         "_settled",
         "_uploads",
@@ -67,8 +66,6 @@ class Editor:
         self._acks: deque[_Ack] | None = None
         self._uploads: Uploads | None = None
         self._closed = False
-        # Documents whose step 1 and awareness were sent as the connection opened.
-        self._greeted: set[str] | None = None
         # Woken when every update so far is stored (a sync waits for it where no acks exist).
         self._settled: asyncio.Event | None = None
 
@@ -100,12 +97,9 @@ class Editor:
 
     async def greet(self, document_id: str) -> None:
         """The server's own step 1 and every awareness state of the document, unasked: what a
-        y-websocket server sends as a connection opens. Its later step 1 gets step 2 only."""
-        document = await self._open(document_id)
-        if self._greeted is None:
-            self._greeted = set()
-        self._greeted.add(document_id)
-        self._offer(document_id, document)
+        y-websocket server sends as a connection to its codec's one document opens. Its later
+        step 1 gets step 2 only."""
+        self._offer(document_id, await self._open(document_id))
 
     async def sync(self, document_id: str, state_vector: bytes) -> None:
         """Step 1 from the client: what it lacks, then the server's own step 1, then every
@@ -130,7 +124,8 @@ class Editor:
             {"document_id": document_id, "update": b64(update)},
             reply=True,
         )
-        if self._greeted is None or document_id not in self._greeted:
+        if connection.codec.document_id != document_id:
+            # Not greeted as it opened: the server's step 1 and awareness follow step 2.
             self._offer(document_id, document)
 
     async def query_awareness(self, document_id: str) -> None:

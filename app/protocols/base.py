@@ -64,9 +64,8 @@ class Codec(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where an upgrade's path leads: its project, the protocol it speaks and, for protocols
-    whose frames name no document, the one document the connection is bound to."""
+    """Where an upgrade's path leads: its project, and the protocol it speaks (for a protocol
+    whose frames name no document, the codec of the one document the path names)."""
 
     project_id: str
     codec: Codec
-    document_id: str | None = None

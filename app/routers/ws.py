@@ -88,6 +88,5 @@ class SocketEndpoint:
             websocket,
             ticket,
             route.codec,
-            document_id=route.document_id,
             max_frame_bytes=self._max_frame_bytes,
         )

@@ -164,12 +164,10 @@ class SessionHandler:
         ticket: Ticket,
         codec: Codec,
         *,
-        document_id: str | None = None,
         max_frame_bytes: int | None = None,
     ) -> None:
-        """Serve one admitted WebSocket. `document_id`: the one document the connection is
-        bound to (the path names it), opened and offered as it joins; `max_frame_bytes`: its
-        frame limit, when not the server's."""
+        """Serve one admitted WebSocket; `max_frame_bytes`: its frame limit, when not the
+        server's. A codec bound to one document has it opened and offered as it joins."""
         # The ticket's slots are freed as soon as the socket is gone, before presence cleanup,
         # so a client that sees `user_left` may reconnect at once.
         try:
@@ -198,7 +196,7 @@ class SessionHandler:
                 limits=self._backlog,
                 observer=self._metrics,
             )
-            await self._serve(websocket, connection, ticket, document_id)
+            await self._serve(websocket, connection, ticket)
         finally:
             ticket.release()
 
@@ -207,7 +205,6 @@ class SessionHandler:
         websocket: WebSocket,
         connection: Connection,
         ticket: Ticket,
-        document_id: str | None,
     ) -> None:
         metrics = self._metrics
         protocol = connection.codec.name
@@ -230,22 +227,18 @@ class SessionHandler:
         try:
             try:
                 await self._registry.join(connection)
+                document_id = connection.codec.document_id
+                if document_id is not None:
+                    await editor.greet(document_id)
             except Refusal as refusal:
-                # The room could not be opened (its document did not load, say): tell the
-                # client to come back later rather than serve it a room without its content.
+                # The room or the connection's document could not be opened (the store does
+                # not answer, say): tell the client to come back later rather than serve it a
+                # room without its content.
                 self._registry.send(connection, "error", refusal.payload())
                 code, reason = int(CloseCode.TRY_AGAIN_LATER), refusal.code
                 connection.close(code, reason)
                 return
             expiry.schedule(ticket.identity.expires_at)
-            if document_id is not None:
-                try:
-                    await editor.greet(document_id)
-                except Refusal as refusal:
-                    self._registry.send(connection, "error", refusal.payload())
-                    code, reason = int(CloseCode.TRY_AGAIN_LATER), refusal.code
-                    connection.close(code, reason)
-                    return
             if connection.codec.keepalive is not None:
                 self._keepalive.add(connection)
             code, reason = await self._read(websocket, connection, expiry, editor)

@@ -190,7 +190,7 @@ class YWebsocketRoutes:
         codec = self._codecs.get(document_id)
         if codec is None:
             codec = self._codecs[document_id] = YWebsocketCodec(document_id)
-        return Route(project_id, codec, document_id)
+        return Route(project_id, codec)
 
 
 def _payload(data: bytes) -> dict[str, Any] | None:
