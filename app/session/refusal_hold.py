@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -13,7 +12,6 @@ from app.admission.limits import ConnectionLimiter
 from app.errors import CloseCode, Refusal
 from app.metrics import Metrics
 
-logger = logging.getLogger("texflow.session")
 FIRST = asyncio.FIRST_COMPLETED
 
 # The refusals of who the client is, which a retry with the same token cannot change. Limits,

@@ -77,7 +77,7 @@ KEEPALIVE = write_awareness(b"\x00")
 
 class YWebsocketCodec:
     """The protocol of one document, named by the path: frames carry no document id. One
-    instance per document (`YWebsocketCodecs`), so a broadcast is encoded once for every
+    instance per document (`YWebsocketRoutes`), so a broadcast is encoded once for every
     provider of the document."""
 
     name = "ywebsocket"
@@ -160,7 +160,7 @@ def _access_ended(data: bytes) -> bytes | None:
     payload = _payload(data)
     if payload is None or payload.get("code") not in _ACCESS_ENDED:
         return None
-    return write_permission_denied(f"{payload['code']}: {payload.get('message', '')}")
+    return permission_denied(Refusal(payload["code"], str(payload.get("message", ""))))
 
 
 def permission_denied(refusal: Refusal) -> bytes:
